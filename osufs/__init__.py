@@ -1,0 +1,1 @@
+"""osufs: mount the osu! beatmap library as a lazy FUSE filesystem."""
