@@ -1,0 +1,249 @@
+"""The FUSE tree: a thin pyfuse3.Operations over the Library.
+
+Inodes are derived from ids (see docs/design.md), so they are stable across mounts and need no
+table. Domain errors become their errno here, at one boundary; anything unexpected is logged and
+becomes EIO, because an exception escaping a handler would end pyfuse3.main and the mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import re
+import stat
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+
+from osufs.errors import OsufsError
+from osufs.library import Library
+from osufs.listing import SetListing
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+ROOT = pyfuse3.ROOT_INODE
+SET_SHIFT = 32
+ENTRY_MASK = (1 << SET_SHIFT) - 1
+ALIAS = ENTRY_MASK  # entry number of the bare-id symlink
+# Archive contents never change: let the kernel keep entries and attributes for a day.
+TIMEOUT = 86400.0
+ROOT_PAGE = 512
+BLOCK = 4096
+_BARE_ID = re.compile(rb"[1-9][0-9]{0,9}")
+_LEADING_ID = re.compile(rb"([1-9][0-9]{0,9}) ")
+
+
+def set_inode(set_id: int, entry: int = 0) -> int:
+    return (set_id << SET_SHIFT) | entry
+
+
+def split_inode(inode: int) -> tuple[int, int]:
+    return inode >> SET_SHIFT, inode & ENTRY_MASK
+
+
+def fuse_errors(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Map domain errors to their errno and anything unexpected to EIO."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except OsufsError as error:
+            log.debug("%s: %s", handler.__name__, error)
+            raise pyfuse3.FUSEError(error.errno) from None
+        except Exception:
+            log.exception("%s failed", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+class Operations(pyfuse3.Operations):
+    """Read-only FUSE operations; every write answers EROFS."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(self, library: Library) -> None:
+        super().__init__()
+        self.library = library
+        self._uid = os.getuid()
+        self._gid = os.getgid()
+
+    # attributes
+
+    def _attributes(
+        self, inode: int, mode: int, size: int, mtime_ns: int
+    ) -> pyfuse3.EntryAttributes:
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = inode
+        attrs.st_mode = mode
+        attrs.st_nlink = 2 if stat.S_ISDIR(mode) else 1
+        attrs.st_size = size
+        attrs.st_blksize = BLOCK
+        attrs.st_blocks = (size + 511) // 512
+        attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = mtime_ns
+        attrs.st_uid = self._uid
+        attrs.st_gid = self._gid
+        attrs.entry_timeout = attrs.attr_timeout = TIMEOUT
+        return attrs
+
+    def _root_attributes(self) -> pyfuse3.EntryAttributes:
+        return self._attributes(ROOT, stat.S_IFDIR | 0o555, 0, 0)
+
+    def _set_attributes(self, set_id: int, mtime_ns: int) -> pyfuse3.EntryAttributes:
+        return self._attributes(set_inode(set_id), stat.S_IFDIR | 0o555, 0, mtime_ns)
+
+    def _alias_attributes(self, set_id: int, folder: str) -> pyfuse3.EntryAttributes:
+        size = len(folder.encode())
+        return self._attributes(set_inode(set_id, ALIAS), stat.S_IFLNK | 0o777, size, 0)
+
+    def _entry_attributes(
+        self, set_id: int, listing: SetListing, index: int
+    ) -> pyfuse3.EntryAttributes:
+        entry = listing.entries[index]
+        mode = stat.S_IFDIR | 0o555 if entry.is_dir else stat.S_IFREG | 0o444
+        return self._attributes(set_inode(set_id, index), mode, entry.size, entry.mtime_ns)
+
+    async def _attributes_of(self, inode: int) -> pyfuse3.EntryAttributes:
+        if inode == ROOT:
+            return self._root_attributes()
+        set_id, index = split_inode(inode)
+        record = self.library.store.catalogue_get(set_id)
+        if index == ALIAS:
+            record = record or await self.library.resolve(set_id)
+            return self._alias_attributes(set_id, record.folder)
+        if index == 0:
+            record = record or await self.library.resolve(set_id)
+            return self._set_attributes(set_id, record.mtime_ns)
+        listing = await self.library.listing(set_id)
+        if index >= len(listing.entries):
+            raise OsufsError.not_found(f"no inode {inode}")
+        return self._entry_attributes(set_id, listing, index)
+
+    # lookups and listings
+
+    @fuse_errors
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if parent_inode == ROOT:
+            return await self._lookup_set(name)
+        set_id, index = split_inode(parent_inode)
+        listing = await self.library.listing(set_id)
+        child = listing.child(index, os.fsdecode(name))
+        if child is None:
+            raise OsufsError.not_found(f"{name!r} is not in set {set_id}")
+        return self._entry_attributes(set_id, listing, child)
+
+    async def _lookup_set(self, name: bytes) -> pyfuse3.EntryAttributes:
+        if _BARE_ID.fullmatch(name):
+            set_id = int(name)
+            record = await self.library.resolve(set_id)
+            return self._alias_attributes(set_id, record.folder)
+        match = _LEADING_ID.match(name)
+        if match:
+            set_id = int(match.group(1))
+            record = self.library.store.catalogue_get(set_id)
+            if record is not None and record.folder == os.fsdecode(name):
+                return self._set_attributes(set_id, record.mtime_ns)
+        raise OsufsError.not_found(f"no set folder {name!r}")
+
+    @fuse_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return await self._attributes_of(inode)
+
+    @fuse_errors
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        set_id, index = split_inode(inode)
+        if index != ALIAS:
+            raise OsufsError(errno.EINVAL, "not a symlink")
+        record = await self.library.resolve(set_id)
+        return os.fsencode(record.folder)
+
+    @fuse_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if inode != ROOT:
+            set_id, index = split_inode(inode)
+            listing = await self.library.listing(set_id)
+            if index >= len(listing.entries) or not listing.entries[index].is_dir:
+                raise OsufsError(errno.ENOTDIR, f"inode {inode} is not a directory")
+        return inode
+
+    @fuse_errors
+    async def readdir(self, inode: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        if inode == ROOT:
+            await self._readdir_root(start_id, token)
+            return
+        set_id, index = split_inode(inode)
+        listing = await self.library.listing(set_id)
+        children = listing.children(index)
+        for position in range(start_id, len(children)):
+            child = children[position]
+            attrs = self._entry_attributes(set_id, listing, child)
+            name = os.fsencode(listing.entries[child].name)
+            if not pyfuse3.readdir_reply(token, name, attrs, position + 1):
+                return
+
+    async def _readdir_root(self, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        """Pages from the index; the offset is the last set id sent, so order is stable."""
+        after = start_id
+        while True:
+            page = self.library.store.catalogue_page(after, ROOT_PAGE)
+            if not page:
+                return
+            for set_id, record in page:
+                attrs = self._set_attributes(set_id, record.mtime_ns)
+                if not pyfuse3.readdir_reply(token, os.fsencode(record.folder), attrs, set_id):
+                    return
+                after = set_id
+
+    # files
+
+    @fuse_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise OsufsError(errno.EROFS, "read-only filesystem")
+        set_id, index = split_inode(inode)
+        if inode == ROOT or index in (0, ALIAS):
+            raise OsufsError(errno.EISDIR, "not a file")
+        path = await self.library.member_file(set_id, index)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # Contents never change: the page cache may keep them across opens.
+        return pyfuse3.FileInfo(fh=fd, keep_cache=True)
+
+    @fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return os.pread(fh, size, off)
+
+    @fuse_errors
+    async def release(self, fh: int) -> None:
+        os.close(fh)
+
+    @fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        cache = os.statvfs(self.library.store.root)
+        data.f_bsize = data.f_frsize = BLOCK
+        data.f_blocks = cache.f_blocks * cache.f_frsize // BLOCK
+        data.f_bfree = data.f_bavail = 0
+        data.f_files = self.library.store.catalogue_count()
+        data.f_ffree = data.f_favail = 0
+        data.f_namemax = 255
+        return data
+
+    # everything that would write
+
+    async def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _read_only
+    create = write = setxattr = removexattr = _read_only

@@ -1,0 +1,424 @@
+"""Fetch coordination: turns sources and the store into set listings and member files.
+
+Each fetch runs once per key in the library's own nursery; callers wait on its event, so a
+caller that gives up never cancels a download others are waiting for. A set is reached by
+asking a source for the archive's tail: a source that honours ranges then serves members one by
+one; one that does not sends the whole archive, which is ingested at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Generic, TypeVar
+
+import trio
+
+from osufs import archive
+from osufs.archive import ArchiveError, Limits, MemberError, ZipMember
+from osufs.errors import OsufsError
+from osufs.listing import SetListing, build_listing
+from osufs.names import set_folder_name
+from osufs.osufile import parse_osu, referenced_files
+from osufs.sources import RemoteArchive, Source, SourceLimited, SourceMissing
+from osufs.store import CatalogueRecord, HashingWriter, PendingBlob, Store, fsync_file
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+NEGATIVE_TTL = 3600.0
+# Members larger than this are not held in memory for a ranged read: the whole archive is
+# streamed to disk instead (they are most of its bytes anyway).
+RANGED_MEMBER_LIMIT = 8 << 20
+# Slack for the local header's name and extra field, read along with a member's data.
+LOCAL_HEADER_SLACK = 1024
+
+
+@dataclass
+class _Flight(Generic[T]):
+    done: trio.Event = field(default_factory=trio.Event)
+    result: T | None = None
+    error: OsufsError | None = None
+
+
+class Flights:
+    """One running fetch per key; later callers wait for its outcome."""
+
+    def __init__(self, nursery: trio.Nursery, timeout: float) -> None:
+        self._nursery = nursery
+        self._timeout = timeout
+        self._running: dict[Hashable, _Flight[Any]] = {}
+
+    async def run(self, key: Hashable, fetch: Callable[[], Awaitable[T]]) -> T:
+        flight = self._running.get(key)
+        if flight is None:
+            flight = _Flight()
+            self._running[key] = flight
+            self._nursery.start_soon(self._fly, key, flight, fetch)
+        await flight.done.wait()
+        if flight.error is not None:
+            raise OsufsError(flight.error.errno, str(flight.error))
+        return flight.result
+
+    async def _fly(self, key: Hashable, flight: _Flight[T], fetch: Callable[[], Awaitable[T]]):
+        try:
+            with trio.fail_after(self._timeout):
+                flight.result = await fetch()
+        except OsufsError as error:
+            flight.error = error
+        except trio.TooSlowError:
+            flight.error = OsufsError.io(f"{key}: no answer within {self._timeout:g} s")
+        except Exception as error:
+            log.exception("fetching %s failed", key)
+            flight.error = OsufsError.io(f"{key}: {error}")
+        except BaseException:
+            flight.error = OsufsError.io(f"{key}: interrupted")
+            raise
+        finally:
+            del self._running[key]
+            flight.done.set()
+        if flight.error is not None:
+            log.warning("%s", flight.error)
+
+
+class Library:
+    """Listings and member files of every set, from the cache or the sources."""
+
+    def __init__(
+        self,
+        store: Store,
+        sources: list[Source],
+        nursery: trio.Nursery,
+        *,
+        limits: Limits,
+        fetch_timeout: float = 120.0,
+        offline: bool = False,
+    ) -> None:
+        self.store = store
+        self.sources = sources
+        self.limits = limits
+        self.offline = offline
+        self._flights = Flights(nursery, fetch_timeout)
+        self._remotes: dict[int, RemoteArchive] = {}
+        self._bad_members: dict[tuple[int, int], OsufsError] = {}
+
+    # the root
+
+    async def refresh_catalogue(self) -> None:
+        """Add every set the sources list to the index."""
+        for source in self.sources:
+            try:
+                entries = await source.catalogue()
+            except OsufsError as error:
+                log.warning("%s: set list unavailable: %s", source.label, error)
+                continue
+            added = self.store.catalogue_add(
+                [(e.set_id, CatalogueRecord(e.folder, e.mtime_ns, source.label)) for e in entries]
+            )
+            log.info("%s: %d sets listed, %d new", source.label, len(entries), added)
+
+    async def resolve(self, set_id: int) -> CatalogueRecord:
+        """The catalogue record of a set, discovering an unlisted one from the sources."""
+        record = self.store.catalogue_get(set_id)
+        if record is not None:
+            return record
+        if self.offline or self.store.negative_until(set_id) > time.time():
+            raise OsufsError.not_found(f"set {set_id} is not known")
+        return await self._flights.run(("name", set_id), lambda: self._discover(set_id))
+
+    async def _discover(self, set_id: int) -> CatalogueRecord:
+        folder = None
+        for source in self._available_sources():
+            try:
+                folder = await source.folder_name(set_id)
+            except SourceMissing:
+                continue
+            except OsufsError as error:
+                log.info("%s: no metadata for set %d: %s", source.label, set_id, error)
+                continue
+            if folder:
+                break
+        listing = await self.listing(set_id)
+        if not folder:
+            folder = await self._folder_from_archive(set_id, listing)
+        record = CatalogueRecord(folder, listing.entries[0].mtime_ns, "archive")
+        self.store.catalogue_add([(set_id, record)])
+        return self.store.catalogue_get(set_id) or record
+
+    async def _folder_from_archive(self, set_id: int, listing: SetListing) -> str:
+        for index in listing.children(0):
+            entry = listing.entries[index]
+            if entry.is_dir or not entry.name.lower().endswith(".osu"):
+                continue
+            path = await self.member_file(set_id, index)
+            meta = parse_osu(await trio.Path(path).read_bytes())
+            return set_folder_name(set_id, meta.artist, meta.title)
+        return str(set_id)
+
+    # set listings
+
+    async def listing(self, set_id: int) -> SetListing:
+        found = self.store.listing_get(set_id)
+        if found is not None:
+            return found
+        if self.offline:
+            raise OsufsError.io(f"set {set_id} is not cached (offline)")
+        await self._connect(set_id)
+        found = self.store.listing_get(set_id)
+        if found is None:
+            raise OsufsError.io(f"set {set_id}: no listing")
+        return found
+
+    async def _connect(self, set_id: int) -> RemoteArchive | None:
+        """Reach a set at the first source that has it (one flight per set)."""
+        if set_id in self._remotes:
+            return self._remotes[set_id]
+        if self.store.negative_until(set_id) > time.time():
+            raise OsufsError.not_found(f"set {set_id} does not exist at any source")
+        return await self._flights.run(("set", set_id), lambda: self._reach(set_id))
+
+    async def _reach(self, set_id: int) -> RemoteArchive | None:
+        failures: list[OsufsError] = []
+        for source in self._available_sources():
+            path, sink = self.store.new_temp()
+            try:
+                with sink:
+                    remote = await source.open_archive(set_id, archive.TAIL_BYTES, sink)
+                if remote is None:
+                    await trio.to_thread.run_sync(self._ingest_archive, set_id, path)
+                    return None
+                tail = await trio.Path(path).read_bytes()
+                if self.store.listing_get(set_id) is None:
+                    listing = await self._listing_from_tail(remote, tail)
+                    self.store.listing_put(set_id, listing)
+                self._remotes[set_id] = remote
+                return remote
+            except SourceLimited as error:
+                source.limited_until = error.until
+                failures.append(error)
+            except ArchiveError as error:
+                failures.append(OsufsError.io(f"{source.label}: set {set_id}: {error}"))
+            except OsufsError as error:
+                failures.append(error)
+            finally:
+                path.unlink(missing_ok=True)
+        raise self._give_up(set_id, failures)
+
+    def _give_up(self, set_id: int, failures: list[OsufsError]) -> OsufsError:
+        if not failures:
+            soonest = min((s.limited_until for s in self.sources), default=0.0)
+            when = time.strftime("%H:%M:%S", time.localtime(soonest))
+            return OsufsError.io(f"set {set_id}: every source is rate limited until {when}")
+        for error in failures:
+            log.info("set %d: %s", set_id, error)
+        if all(isinstance(error, SourceMissing) for error in failures):
+            self.store.negative_put(set_id, time.time() + NEGATIVE_TTL)
+            return OsufsError.not_found(f"set {set_id} does not exist at any source")
+        refused = [error for error in failures if error.errno == errno.EACCES]
+        if refused:
+            return refused[0]
+        reasons = "; ".join(str(error) for error in failures)
+        return OsufsError.io(f"set {set_id}: no source could serve it ({reasons})")
+
+    def _available_sources(self) -> list[Source]:
+        now = time.time()
+        return [source for source in self.sources if source.limited_until <= now]
+
+    async def _listing_from_tail(self, remote: RemoteArchive, tail: bytes) -> SetListing:
+        offset, size, _count = archive.find_central_directory(tail, remote.size)
+        tail_start = remote.size - len(tail)
+        if offset >= tail_start:
+            directory = tail[offset - tail_start : offset - tail_start + size]
+        else:
+            directory = await remote.read(offset, size)
+        members = archive.parse_central_directory(directory, self.limits)
+        archive.check_offsets(members, offset)
+        references: list[str] = []
+        if _needs_references(members):
+            for member in _osu_members(members):
+                data = await self._read_remote_member(remote, member)
+                references += referenced_files(parse_osu(data))
+        return build_listing(members, references, log)
+
+    def _ingest_archive(self, set_id: int, path: Path) -> None:
+        """Check a whole downloaded archive and move every member into the store (blocking)."""
+        with open(path, "rb") as file:
+            members = archive.read_members(file, self.limits)
+            listing = self.store.listing_get_uncached(set_id)
+            if listing is None:
+                references: list[str] = []
+                if _needs_references(members):
+                    for member in _osu_members(members):
+                        data = _inflate(_local_reader(file, member), member, self.limits)
+                        references += referenced_files(parse_osu(data))
+                listing = build_listing(members, references, log)
+                listing = self.store.listing_put(set_id, listing)
+            elif listing.members != members:
+                raise OsufsError.io(
+                    f"set {set_id}: the source's archive differs from the cached one"
+                )
+            cached = self.store.cached_entries(set_id)
+            pending = []
+            for index, entry in enumerate(listing.entries):
+                if entry.is_dir or index in cached:
+                    continue
+                member = listing.members[entry.member]
+                try:
+                    pending.append(self._extract_local(set_id, index, file, member))
+                except MemberError as error:
+                    self._note_bad_member(set_id, index, error)
+        self.store.commit_blobs(pending)
+
+    def _extract_local(
+        self, set_id: int, index: int, file: BinaryIO, member: ZipMember
+    ) -> PendingBlob:
+        archive.check_member(member, self.limits)
+        return self._write_member(set_id, index, _local_reader(file, member), member)
+
+    def _write_member(
+        self, set_id: int, index: int, read: Callable[[int], bytes], member: ZipMember
+    ) -> PendingBlob:
+        path, sink = self.store.new_temp()
+        try:
+            with sink:
+                writer = HashingWriter(sink)
+                archive.extract(read, member, writer, self.limits)
+                fsync_file(sink)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return PendingBlob(set_id, index, path, writer.hash.digest(), writer.size)
+
+    def _note_bad_member(self, set_id: int, index: int, error: MemberError) -> None:
+        log.warning("set %d: member %d refused: %s", set_id, index, error)
+        self._bad_members[(set_id, index)] = OsufsError(error.errno, str(error))
+
+    # member files
+
+    async def member_file(self, set_id: int, index: int) -> Path:
+        """The local file holding one member's bytes, fetched if need be."""
+        path = self.store.blob_path(set_id, index)
+        if path is not None:
+            return path
+        if (set_id, index) in self._bad_members:
+            raise self._bad_members[(set_id, index)]
+        if self.offline:
+            raise OsufsError.io(f"set {set_id}: member {index} is not cached (offline)")
+        listing = await self.listing(set_id)
+        member = listing.members[listing.entries[index].member]
+        try:
+            archive.check_member(member, self.limits)
+        except MemberError as error:
+            self._note_bad_member(set_id, index, error)
+            raise self._bad_members[(set_id, index)] from None
+        remote = await self._connect(set_id)
+        if remote is not None and member.compressed_size <= RANGED_MEMBER_LIMIT:
+            await self._flights.run(
+                ("member", set_id, index), lambda: self._fetch_member(remote, index, member)
+            )
+        elif remote is not None:
+            await self._flights.run(("archive", set_id), lambda: self._download(remote))
+        path = self.store.blob_path(set_id, index)
+        if path is None:
+            raise self._bad_members.get(
+                (set_id, index), OsufsError.io(f"set {set_id}: member {index} unavailable")
+            )
+        return path
+
+    async def _fetch_member(self, remote: RemoteArchive, index: int, member: ZipMember) -> None:
+        try:
+            data = await self._read_remote_compressed(remote, member)
+            blob = await trio.to_thread.run_sync(
+                self._write_member, remote.set_id, index, _reader(data), member
+            )
+        except MemberError as error:
+            self._note_bad_member(remote.set_id, index, error)
+            return
+        await trio.to_thread.run_sync(self.store.commit_blobs, [blob])
+
+    async def _read_remote_compressed(self, remote: RemoteArchive, member: ZipMember) -> bytes:
+        """The member's compressed bytes, usually in one range request."""
+        guess = archive.LOCAL_HEADER_SIZE + len(member.raw_name) + LOCAL_HEADER_SLACK
+        data = await remote.read(member.header_offset, guess + member.compressed_size)
+        start = archive.data_offset(member, data[: archive.LOCAL_HEADER_SIZE])
+        start -= member.header_offset
+        end = start + member.compressed_size
+        if end > len(data):
+            data += await remote.read(member.header_offset + len(data), end - len(data))
+        return data[start:end]
+
+    async def _read_remote_member(self, remote: RemoteArchive, member: ZipMember) -> bytes:
+        compressed = await self._read_remote_compressed(remote, member)
+        return _inflate(_reader(compressed), member, self.limits)
+
+    async def _download(self, remote: RemoteArchive) -> None:
+        """Stream a whole archive to disk and ingest it."""
+        path, sink = self.store.new_temp()
+        try:
+            with sink:
+                async with remote.source.stream(
+                    "GET", remote.url, remote.source.download_headers(remote.set_id)
+                ) as response:
+                    async for chunk in response.aiter_raw(1 << 16):
+                        sink.write(chunk)
+            if path.stat().st_size != remote.size:
+                raise OsufsError.io(f"set {remote.set_id}: download ended early")
+            await trio.to_thread.run_sync(self._ingest_archive, remote.set_id, path)
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def _reader(data: bytes) -> Callable[[int], bytes]:
+    view = memoryview(data)
+    position = 0
+
+    def read(n: int) -> bytes:
+        nonlocal position
+        chunk = bytes(view[position : position + n])
+        position += len(chunk)
+        return chunk
+
+    return read
+
+
+def _local_reader(file: BinaryIO, member: ZipMember) -> Callable[[int], bytes]:
+    """A reader of one member's compressed bytes in a local archive file."""
+    file.seek(member.header_offset)
+    file.seek(archive.data_offset(member, file.read(archive.LOCAL_HEADER_SIZE)))
+    remaining = member.compressed_size
+
+    def read(n: int) -> bytes:
+        nonlocal remaining
+        data = file.read(min(n, remaining))
+        remaining -= len(data)
+        return data
+
+    return read
+
+
+def _inflate(read: Callable[[int], bytes], member: ZipMember, limits: Limits) -> bytes:
+    archive.check_member(member, limits)
+    out = bytearray()
+    archive.extract(read, member, out.extend, limits)
+    return bytes(out)
+
+
+def _needs_references(members: list[ZipMember]) -> bool:
+    """Whether some name needs a legacy code page chosen by what the .osu files mention."""
+    for member in members:
+        if member.utf8:
+            continue
+        try:
+            member.raw_name.decode("utf-8")
+        except UnicodeDecodeError:
+            return True
+    return False
+
+
+def _osu_members(members: list[ZipMember]) -> list[ZipMember]:
+    return [m for m in members if m.raw_name.lower().endswith(b".osu") and m.size <= 4 << 20][:64]
