@@ -1,0 +1,3 @@
+from osufs.cli import main
+
+main()
