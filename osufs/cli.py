@@ -18,6 +18,7 @@ import click
 import platformdirs
 import trio
 
+from osufs.library import READ_AHEAD_SETS
 from osufs.mount import MountConfig, run_mount
 from osufs.sources import SourceSpec
 
@@ -106,6 +107,13 @@ def _parse_sources(ctx: click.Context, param: click.Parameter, values: tuple[str
 )
 @click.option("--offline", is_flag=True, help="Serve only what is cached; never use the network.")
 @click.option("--allow-other", is_flag=True, help="Let other users see the mount.")
+@click.option(
+    "--read-ahead",
+    type=click.IntRange(min=0),
+    default=READ_AHEAD_SETS,
+    show_default=True,
+    help="Sets whose .osu files are fetched ahead of a scan (0: off).",
+)
 @click.option("--foreground", "-f", is_flag=True, help="Stay attached; Ctrl-C unmounts.")
 @click.option("--debug", is_flag=True)
 @click.option("--ready-fd", type=int, hidden=True)
@@ -118,6 +126,7 @@ def mount(
     fetch_timeout: float,
     offline: bool,
     allow_other: bool,
+    read_ahead: int,
     foreground: bool,
     debug: bool,
     ready_fd: int | None,
@@ -141,6 +150,7 @@ def mount(
         fetch_timeout=fetch_timeout,
         offline=offline,
         allow_other=allow_other,
+        read_ahead=read_ahead,
     )
 
     def ready() -> None:

@@ -215,7 +215,7 @@ class Operations(pyfuse3.Operations):
         set_id, index = split_inode(inode)
         if inode == ROOT or index in (0, ALIAS):
             raise OsufsError(errno.EISDIR, "not a file")
-        path = await self.library.member_file(set_id, index)
+        path = await self.library.open_member(set_id, index)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         # Contents never change: the page cache may keep them across opens.
         return pyfuse3.FileInfo(fh=fd, keep_cache=True)

@@ -8,9 +8,11 @@ one; one that does not sends the whole archive, which is ingested at once.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,12 @@ NEGATIVE_TTL = 3600.0
 RANGED_MEMBER_LIMIT = 8 << 20
 # Slack for the local header's name and extra field, read along with a member's data.
 LOCAL_HEADER_SLACK = 1024
+# The first request for a set asks for this much of the archive's end: enough for the end record
+# and the central directory of a typical set (a few dozen members). A longer comment or
+# directory costs one more request.
+FIRST_TAIL = 16 << 10
+# Sets whose .osu files are fetched ahead of a reader scanning the library in order.
+READ_AHEAD_SETS = 8
 
 
 @dataclass
@@ -98,14 +106,19 @@ class Library:
         limits: Limits,
         fetch_timeout: float = 120.0,
         offline: bool = False,
+        read_ahead: int = READ_AHEAD_SETS,
     ) -> None:
         self.store = store
         self.sources = sources
         self.limits = limits
         self.offline = offline
         self._flights = Flights(nursery, fetch_timeout)
+        self.read_ahead = read_ahead
         self._remotes: dict[int, RemoteArchive] = {}
         self._bad_members: dict[tuple[int, int], OsufsError] = {}
+        self._nursery = nursery
+        self._warm_pool = trio.CapacityLimiter(max(1, read_ahead))
+        self._warmed: set[int] = set()
 
     # the root
 
@@ -188,7 +201,7 @@ class Library:
             path, sink = self.store.new_temp()
             try:
                 with sink:
-                    remote = await source.open_archive(set_id, archive.TAIL_BYTES, sink)
+                    remote = await source.open_archive(set_id, FIRST_TAIL, sink)
                 if remote is None:
                     await trio.to_thread.run_sync(self._ingest_archive, set_id, path)
                     return None
@@ -230,7 +243,14 @@ class Library:
         return [source for source in self.sources if source.limited_until <= now]
 
     async def _listing_from_tail(self, remote: RemoteArchive, tail: bytes) -> SetListing:
-        offset, size, _count = archive.find_central_directory(tail, remote.size)
+        try:
+            offset, size, _count = archive.find_central_directory(tail, remote.size)
+        except ArchiveError:
+            longest = min(archive.TAIL_BYTES, remote.size)
+            if len(tail) >= longest:
+                raise
+            tail = await remote.read(remote.size - longest, longest - len(tail)) + tail
+            offset, size, _count = archive.find_central_directory(tail, remote.size)
         tail_start = remote.size - len(tail)
         if offset >= tail_start:
             directory = tail[offset - tail_start : offset - tail_start + size]
@@ -300,6 +320,16 @@ class Library:
 
     # member files
 
+    async def open_member(self, set_id: int, index: int) -> Path:
+        """member_file for a reader: a .osu read also starts reading ahead of a scan."""
+        path = await self.member_file(set_id, index)
+        # Only where ranges work: reading ahead must never download whole archives.
+        if self.read_ahead and set_id not in self._warmed and set_id in self._remotes:
+            listing = self.store.listing_get(set_id)
+            if listing is not None and _is_osu(listing.entries[index].name):
+                self._start_read_ahead(set_id)
+        return path
+
     async def member_file(self, set_id: int, index: int) -> Path:
         """The local file holding one member's bytes, fetched if need be."""
         path = self.store.blob_path(set_id, index)
@@ -316,19 +346,76 @@ class Library:
         except MemberError as error:
             self._note_bad_member(set_id, index, error)
             raise self._bad_members[(set_id, index)] from None
-        remote = await self._connect(set_id)
-        if remote is not None and member.compressed_size <= RANGED_MEMBER_LIMIT:
-            await self._flights.run(
-                ("member", set_id, index), lambda: self._fetch_member(remote, index, member)
-            )
-        elif remote is not None:
-            await self._flights.run(("archive", set_id), lambda: self._download(remote))
+        await self._flights.run(
+            ("member", set_id, index), lambda: self._materialise(set_id, listing, index, member)
+        )
         path = self.store.blob_path(set_id, index)
         if path is None:
             raise self._bad_members.get(
                 (set_id, index), OsufsError.io(f"set {set_id}: member {index} unavailable")
             )
         return path
+
+    async def _materialise(
+        self, set_id: int, listing: SetListing, index: int, member: ZipMember
+    ) -> None:
+        """Fetch one member by the cheapest way a source offers."""
+        if _is_osu(listing.entries[index].name) and await self._from_metadata_tier(
+            set_id, listing.path(index), index, member
+        ):
+            return
+        remote = await self._connect(set_id)
+        if remote is None:
+            return  # the source sent the whole archive, now ingested
+        if member.compressed_size <= RANGED_MEMBER_LIMIT:
+            await self._fetch_member(remote, index, member)
+        else:
+            await self._flights.run(("archive", set_id), lambda: self._download(remote))
+
+    async def _from_metadata_tier(
+        self, set_id: int, path: str, index: int, member: ZipMember
+    ) -> bool:
+        """Serve a .osu from a source's difficulty endpoint, if its bytes are the archive's."""
+        for source in self._available_sources():
+            try:
+                data = await source.difficulty_bytes(set_id, path)
+            except OsufsError as error:
+                log.info("%s: set %d: %s: %s", source.label, set_id, path, error)
+                continue
+            if data is None:
+                continue
+            if len(data) != member.size or zlib.crc32(data) != member.crc32:
+                log.warning(
+                    "%s: set %d: %s differs from the archive's copy; using the archive",
+                    source.label,
+                    set_id,
+                    path,
+                )
+                return False
+            blob = await trio.to_thread.run_sync(
+                self._write_member, set_id, index, _reader(data), _stored(member)
+            )
+            await trio.to_thread.run_sync(self.store.commit_blobs, [blob])
+            return True
+        return False
+
+    def _start_read_ahead(self, set_id: int) -> None:
+        """Fetch the .osu files of this set and the next few, as a scan will want them."""
+        upcoming = [set_id] + [n for n, _ in self.store.catalogue_page(set_id, self.read_ahead)]
+        for next_id in upcoming:
+            if next_id not in self._warmed:
+                self._warmed.add(next_id)
+                self._nursery.start_soon(self._warm, next_id)
+
+    async def _warm(self, set_id: int) -> None:
+        async with self._warm_pool:
+            try:
+                listing = await self.listing(set_id)
+                for index in listing.children(0):
+                    if _is_osu(listing.entries[index].name):
+                        await self.member_file(set_id, index)
+            except OsufsError as error:
+                log.debug("read-ahead of set %d stopped: %s", set_id, error)
 
     async def _fetch_member(self, remote: RemoteArchive, index: int, member: ZipMember) -> None:
         try:
@@ -406,6 +493,15 @@ def _inflate(read: Callable[[int], bytes], member: ZipMember, limits: Limits) ->
     out = bytearray()
     archive.extract(read, member, out.extend, limits)
     return bytes(out)
+
+
+def _is_osu(name: str) -> bool:
+    return name.lower().endswith(".osu")
+
+
+def _stored(member: ZipMember) -> ZipMember:
+    """The member as if stored: for bytes that arrive already inflated."""
+    return dataclasses.replace(member, method=0, compressed_size=member.size)
 
 
 def _needs_references(members: list[ZipMember]) -> bool:

@@ -18,7 +18,7 @@ from osufs import __version__
 from osufs.archive import Limits
 from osufs.errors import OsufsError
 from osufs.fs import Operations
-from osufs.library import Library
+from osufs.library import READ_AHEAD_SETS, Library
 from osufs.sources import SourceSpec, build_sources
 from osufs.store import Store
 
@@ -38,6 +38,7 @@ class MountConfig:
     offline: bool = False
     limits: Limits = field(default_factory=Limits)
     allow_other: bool = False
+    read_ahead: int = READ_AHEAD_SETS
 
 
 def fuse_options(config: MountConfig) -> set[str]:
@@ -67,6 +68,7 @@ async def run_mount(config: MountConfig, ready: Callable[[], None] = lambda: Non
                 limits=config.limits,
                 fetch_timeout=config.fetch_timeout,
                 offline=config.offline,
+                read_ahead=config.read_ahead,
             )
             if store.catalogue_count() == 0 and sources:
                 # A first mount waits for the set list so the root is not empty at first sight.

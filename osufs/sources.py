@@ -10,14 +10,16 @@ from __future__ import annotations
 import calendar
 import email.utils
 import errno
+import hashlib
 import logging
 import random
 import re
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -32,6 +34,8 @@ MAX_REDIRECTS = 5
 RETRIES = 3
 RETRY_BASE_DELAY = 0.5
 CHUNK = 1 << 16
+SET_INFO_CACHE = 256
+MAX_OSU_SIZE = 4 << 20
 
 
 class SourceMissing(OsufsError):
@@ -113,6 +117,10 @@ class Source:
 
     async def folder_name(self, set_id: int) -> str | None:
         """The set's folder name from the source's metadata, if it has any."""
+        return None
+
+    async def difficulty_bytes(self, set_id: int, path: str) -> bytes | None:
+        """A .osu file's bytes without its archive (the metadata tier), if the source has it."""
         return None
 
     @asynccontextmanager
@@ -209,11 +217,46 @@ class HexideSource(Source):
             )
         return entries
 
-    async def folder_name(self, set_id: int) -> str | None:
+    def __init__(self, client: httpx.AsyncClient, base: str, *, no_video: bool = False) -> None:
+        super().__init__(client, base, no_video=no_video)
+        self._set_infos: OrderedDict[int, dict[str, Any]] = OrderedDict()
+
+    async def set_info(self, set_id: int) -> dict[str, Any]:
+        """`/beatmaps/<id>`, kept for the few sets a scan is working through."""
+        if set_id in self._set_infos:
+            self._set_infos.move_to_end(set_id)
+            return self._set_infos[set_id]
         async with self.stream("GET", f"{self.base.rstrip('/')}/beatmaps/{set_id}") as response:
             await response.aread()
-        artist, _, title = str(response.json().get("title", "")).partition(" - ")
+        info = response.json()
+        if not isinstance(info, dict):
+            raise OsufsError.io(f"{self.label}: set {set_id}: set info is not an object")
+        self._set_infos[set_id] = info
+        if len(self._set_infos) > SET_INFO_CACHE:
+            self._set_infos.popitem(last=False)
+        return info
+
+    async def folder_name(self, set_id: int) -> str | None:
+        artist, _, title = str((await self.set_info(set_id)).get("title", "")).partition(" - ")
         return set_folder_name(set_id, artist, title)
+
+    async def difficulty_bytes(self, set_id: int, path: str) -> bytes | None:
+        """`/metadata/<id>/raw`, checked against the md5 the set info lists."""
+        wanted = path.casefold()
+        for version in (await self.set_info(set_id)).get("versions") or []:
+            # `path` is osufs serve's extension; plain Hexide names the file without `.osu`.
+            listed = str(version.get("path") or f"{version.get('name', '')}.osu")
+            if listed.casefold() != wanted:
+                continue
+            url = f"{self.base.rstrip('/')}/metadata/{int(version['id'])}/raw"
+            async with self.stream("GET", url) as response:
+                data = await _read_body(response, int(version.get("size") or MAX_OSU_SIZE))
+            expected = str(version.get("hash_md5") or "")
+            if expected and hashlib.md5(data).hexdigest() != expected.lower():
+                log.warning("%s: set %d: %s does not match its md5", self.label, set_id, path)
+                return None
+            return data
+        return None
 
 
 class OsuSiteSource(Source):
