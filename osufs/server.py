@@ -60,8 +60,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CHUNK = 256 << 10
-# A difficulty without a BeatmapID gets set_id * SYNTHETIC_STRIDE + its index in the set.
-SYNTHETIC_STRIDE = 1000
+# A difficulty's record id (Hexide's `id`, a database id) is set_id * RECORD_STRIDE + its index
+# in the set: unique across the folder even where real BeatmapIDs repeat between archives, as
+# they do in osu!'s own test archives. The real BeatmapID is `m_beatmap`.
+RECORD_STRIDE = 1000
 OSU_LIMIT = 4 << 20  # bytes; larger ".osu" members are not read as difficulties
 ARCHIVE_TYPE = "application/x-osu-beatmap-archive"
 _OSZ_NAME = re.compile(r"([0-9]+)\.osz")
@@ -377,9 +379,9 @@ def _index_set(set_id: int, path: Path, limits: Limits) -> _SetIndex:
         if meta is None or not lowered.endswith(".osu"):
             continue
         first = first or meta
-        did = meta.beatmap_id if meta.beatmap_id and meta.beatmap_id > 0 else None
-        if did is None:
-            did = set_id * SYNTHETIC_STRIDE + len(versions)
+        if len(versions) >= RECORD_STRIDE:
+            continue  # no real set has that many difficulties
+        did = set_id * RECORD_STRIDE + len(versions)
         record = _version_record(set_id, did, entry_path, texts[entry.member], meta)
         versions.append(_Version(record, members[entry.member]))
     return _SetIndex(

@@ -110,12 +110,13 @@ def test_set_info_sample(folder: Path) -> None:
         assert info["hash_sha1"] == hashlib.sha1(data).hexdigest()
         assert info["size"] == len(data)
         assert [v["path"] for v in info["versions"]] == sorted(expected, key=str.casefold)
-        for version in info["versions"]:
+        for index, version in enumerate(info["versions"]):
             assert set(version) == VERSION_KEYS
             raw = expected[version["path"]]
             meta = parse_osu(raw)
             assert version["name"] == version["path"].removesuffix(".osu")
-            assert version["id"] == meta.beatmap_id == version["m_beatmap"]
+            assert version["id"] == PLAIN_SET * 1000 + index
+            assert meta.beatmap_id == version["m_beatmap"]
             assert version["map"] == PLAIN_SET == version["m_beatmapset"]
             assert version["size"] == len(raw)
             assert version["hash_md5"] == hashlib.md5(raw).hexdigest()
@@ -137,12 +138,17 @@ def test_set_info_real(folder: Path) -> None:
     async def check(client: httpx.AsyncClient) -> None:
         renatus = (await client.get("/beatmaps/1")).json()
         assert len(renatus["versions"]) == 12
-        assert all(v["id"] == v["m_beatmap"] > 0 for v in renatus["versions"])
+        assert all(v["m_beatmap"] > 0 for v in renatus["versions"])
         # The quick copy's __MACOSX/._*.osu files are junk, not difficulties.
         quick = (await client.get("/beatmaps/2")).json()
         assert len(quick["versions"]) == 12
         assert not any("MACOSX" in v["path"] for v in quick["versions"])
-        # No BeatmapID in these: synthetic ids, set id * 1000 + index.
+        # Both copies carry the same BeatmapIDs; record ids still name one file each.
+        assert {v["m_beatmap"] for v in quick["versions"]} & {
+            v["m_beatmap"] for v in renatus["versions"]
+        }
+        assert not {v["id"] for v in quick["versions"]} & {v["id"] for v in renatus["versions"]}
+        # Record ids are set id * 1000 + index, whatever the BeatmapID.
         ids = []
         for set_id in (3, 4, 5):
             versions = (await client.get(f"/beatmaps/{set_id}")).json()["versions"]
@@ -470,12 +476,12 @@ def test_changed_archive_is_reindexed(tmp_path: Path, folder: Path) -> None:
     async def check(client: httpx.AsyncClient) -> None:
         before = (await client.get("/beatmaps/7")).json()
         assert before["title"] == "osu-developers - BeatmapWithOgg"
-        assert (await client.get("/metadata/7000")).status_code == 200
+        old_md5 = (await client.get("/metadata/7000")).json()["hash_md5"]
         shutil.copyfile(folder / f"{PLAIN_SET}.osz", target)
         after = (await client.get("/beatmaps/7")).json()
         assert after["hash_sha1"] == hashlib.sha1(target.read_bytes()).hexdigest()
         assert len(after["versions"]) == len(osu_members(target))
-        assert (await client.get("/metadata/7000")).status_code == 404
+        assert (await client.get("/metadata/7000")).json()["hash_md5"] != old_md5
         target.unlink()
         assert (await client.get("/beatmaps/7")).status_code == 404
         assert (await client.get("/beatmaps/")).json() == []
