@@ -12,11 +12,12 @@ import email.utils
 import errno
 import hashlib
 import logging
+import math
 import random
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
@@ -31,9 +32,45 @@ from osufs.names import set_folder_name
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
+# Within a read's deadline, a request that sees no byte for half the time left, and at most
+# STALL_TIMEOUT, is abandoned so the next source still has time; never less than MIN_STALL
+# (a short deadline is then the only bound). Connecting gets at most CONNECT_TIMEOUT.
+STALL_TIMEOUT = 30.0
+MIN_STALL = 1.0
+CONNECT_TIMEOUT = 10.0
+# Connection errors and 5xx answers are retried this many times, after 0.5, 1 and 2 s (each
+# times a jitter of 0.5 to 1.5); a retry that would outlast the read's deadline is not started.
 RETRIES = 3
 RETRY_BASE_DELAY = 0.5
 CHUNK = 1 << 16
+# Without a Retry-After, a rate-limited source is left alone this long; a Retry-After further
+# out than RETRY_AFTER_CAP is read as the cap (a typo on the server should not shelve it for
+# a year).
+LIMIT_DEFAULT = 60.0
+RETRY_AFTER_CAP = 86400.0
+# The official site counts every download it grants against an hourly allowance (osu-web
+# BeatmapsetsController::download: the account's downloads in the last hour, 429 past it). The
+# production allowance is not published; seed 000 met the 429 after about 190 downloads and
+# waited about 30 minutes, which fits a sliding hour. A bucket of OSU_BURST downloads that
+# refills at OSU_PER_HOUR lets at most OSU_BURST + OSU_PER_HOUR = 180 through in any hour: a
+# browsing burst is never slowed, a long scan settles at one download every 30 s, and the
+# user's own browser keeps some room.
+OSU_BURST = 60
+OSU_PER_HOUR = 120
+# The site's 429 carries no Retry-After; a slot frees when the oldest download of the hour
+# ages out, so look again after this long rather than every minute.
+OSU_LIMIT_DEFAULT = 600.0
+# After a 401 the site is not asked again for this long: the cookie cannot change under a
+# running mount, and a scan should not send hundreds of refused requests.
+OSU_REFUSED_PAUSE = 600.0
+# Archive requests ask for the bytes as stored: a compressed transfer would break ranges and
+# the length checks, and a zip does not compress anyway.
+ARCHIVE_HEADERS = {"Accept-Encoding": "identity"}
+COOKIE_REFUSED = "the osu! session cookie was refused; copy a fresh one from the browser"
+COOKIE_MISSING = (
+    "the osu! site needs your session cookie: put it in a file only you can read and pass "
+    "--cookie-file, or set OSUFS_COOKIE"
+)
 SET_INFO_CACHE = 256
 MAX_OSU_SIZE = 4 << 20
 
@@ -49,8 +86,61 @@ class SourceLimited(OsufsError):
     """This source refuses requests until `until` (unix time)."""
 
     def __init__(self, message: str, until: float) -> None:
-        super().__init__(errno.EAGAIN, message)
+        # EIO, not EAGAIN: readers of regular files do not expect EAGAIN and some spin on it.
+        super().__init__(errno.EIO, message)
         self.until = until
+
+
+class Pacer:
+    """A token bucket: `burst` requests at once, then `per_hour` an hour.
+
+    Times come from `clock` (monotonic seconds), so tests can drive it."""
+
+    def __init__(
+        self, burst: int, per_hour: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.burst = burst
+        self.interval = 3600.0 / per_hour
+        self._clock = clock
+        self._tokens = float(burst)
+        self._stamp = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) / self.interval)
+        self._stamp = now
+
+    def take(self) -> float:
+        """Take a token: 0.0 when one was free, else the seconds until one will be."""
+        self._refill()
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) * self.interval
+
+    def give_back(self) -> None:
+        """Return a token for a request the server did not count."""
+        self._refill()
+        self._tokens = min(float(self.burst), self._tokens + 1.0)
+
+    def drain(self) -> None:
+        """The server says the allowance is spent, whatever the bucket thought."""
+        self._refill()
+        self._tokens = min(self._tokens, 0.0)
+
+
+class _ArchiveDigest:
+    """Size and hashes of a whole archive as it is written."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.md5 = hashlib.md5()
+        self.sha1 = hashlib.sha1()
+
+    def update(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self.md5.update(chunk)
+        self.sha1.update(chunk)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +163,7 @@ class RemoteArchive:
         end = min(start + length, self.size) - 1
         if end < start:
             return b""
-        headers = {"Range": f"bytes={start}-{end}"}
+        headers = {"Range": f"bytes={start}-{end}", **ARCHIVE_HEADERS}
         async with self.source.stream("GET", self.url, headers=headers) as response:
             if response.status_code != 206:
                 raise OsufsError.io(f"{self.source.label}: set {self.set_id}: range not honoured")
@@ -87,12 +177,17 @@ class Source:
     """A place that serves beatmap archives; subclasses know its URLs."""
 
     kind = "url"
+    # Seconds a 429 without Retry-After keeps this source aside.
+    limit_default = LIMIT_DEFAULT
 
     def __init__(self, client: httpx.AsyncClient, base: str, *, no_video: bool = False) -> None:
         self.client = client
         self.base = base
         self.no_video = no_video
         self.limited_until = 0.0
+        self.retries = RETRIES
+        self.retry_delay = RETRY_BASE_DELAY
+        self.bytes_received = 0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base!r})"
@@ -110,6 +205,13 @@ class Source:
 
     def download_headers(self, set_id: int) -> dict[str, str]:
         return {}
+
+    def refusal(self, response: httpx.Response) -> OsufsError:
+        """The error for a 401."""
+        return OsufsError(errno.EACCES, f"{self.label}: authorization refused (HTTP 401)")
+
+    async def check_whole(self, set_id: int, digest: _ArchiveDigest) -> None:
+        """Refuse a whole downloaded archive that is not the one the source describes."""
 
     async def catalogue(self) -> list[CatalogueEntry]:
         """The sets this source lists; empty when it has no list."""
@@ -134,66 +236,130 @@ class Source:
         except httpx.HTTPError as error:
             raise OsufsError.io(f"{self.label}: {_describe(error)}") from None
         finally:
+            self.bytes_received += response.num_bytes_downloaded
             await response.aclose()
 
     async def _open(self, method: str, url: str, headers: dict[str, str]) -> httpx.Response:
-        """Follow redirects and retry transient failures with backoff and jitter."""
-        for attempt in range(RETRIES + 1):
-            try:
-                response = await self._follow(method, url, headers)
-                try:
-                    _judge(self, response)
-                except BaseException:
-                    await response.aclose()
-                    raise
-                return response
-            except (httpx.TransportError, _ServerError) as error:
-                if attempt == RETRIES:
-                    raise OsufsError.io(f"{self.label}: {_describe(error)}") from None
-                delay = RETRY_BASE_DELAY * 2**attempt * (0.5 + random.random())
-                log.info("%s: %s; retrying in %.1f s", self.label, _describe(error), delay)
-                await trio.sleep(delay)
-        raise AssertionError("unreachable")
+        """Follow redirects by hand and judge the answer.
 
-    async def _follow(self, method: str, url: str, headers: dict[str, str]) -> httpx.Response:
-        origin = _origin(self.base)
-        for _ in range(MAX_REDIRECTS + 1):
-            sent = dict(headers)
-            if _origin(url) == origin:
-                sent.update(self.secret_headers())
-            request = self.client.build_request(method, url, headers=sent)
-            response = await self.client.send(request, stream=True)
-            if not (response.is_redirect and "location" in response.headers):
-                return response
-            url = urljoin(url, response.headers["location"])
-            await response.aclose()
-        raise OsufsError.io(f"{self.label}: too many redirects")
+        Connection errors and 5xx answers are retried with backoff and jitter, at the hop that
+        failed: a file host's hiccup must not cost another download from the site."""
+        attempt = 0
+        redirects = 0
+        while True:
+            try:
+                response = await self._send(method, url, headers)
+            except httpx.TimeoutException as error:
+                # A server that stays silent would stay silent again: the next source may not.
+                raise OsufsError.io(
+                    f"{self.label}: the server went silent ({type(error).__name__})"
+                ) from None
+            except httpx.TransportError as error:
+                await self._backoff(attempt, error)
+                attempt += 1
+                continue
+            if response.is_redirect and "location" in response.headers:
+                await response.aclose()
+                redirects += 1
+                if redirects > MAX_REDIRECTS:
+                    raise OsufsError.io(f"{self.label}: too many redirects")
+                url = urljoin(url, response.headers["location"])
+                continue
+            try:
+                _judge(self, response)
+            except _ServerError as error:
+                await response.aclose()
+                await self._backoff(attempt, error)
+                attempt += 1
+                continue
+            except BaseException:
+                await response.aclose()
+                raise
+            return response
+
+    async def _send(self, method: str, url: str, headers: dict[str, str]) -> httpx.Response:
+        sent = dict(headers)
+        if _origin(url) == _origin(self.base):
+            sent.update(self.secret_headers())
+        request = self.client.build_request(method, url, headers=sent, timeout=_hop_timeout())
+        if not any(name.lower() == "cookie" for name in sent):
+            # The client's jar keeps whatever Set-Cookie any server sent and would hand it to
+            # any host it matches (a cookie for .ppy.sh reaches every file host there). The only
+            # cookie osufs sends is the one it adds itself, to its own origin.
+            request.headers.pop("cookie", None)
+        return await self.client.send(request, stream=True)
+
+    async def _backoff(self, attempt: int, error: Exception) -> None:
+        """Sleep before retry `attempt + 1`, or raise when none is left or time is short."""
+        reason = _describe(error)
+        if attempt >= self.retries:
+            raise OsufsError.io(f"{self.label}: {reason} (tried {attempt + 1} times)") from None
+        delay = self.retry_delay * 2**attempt * (0.5 + random.random())
+        if trio.current_time() + delay >= trio.current_effective_deadline():
+            raise OsufsError.io(f"{self.label}: {reason} (no time left to retry)") from None
+        log.info("%s: %s; retrying in %.1f s", self.label, reason, delay)
+        await trio.sleep(delay)
 
     async def open_archive(self, set_id: int, tail: int, sink: BinaryIO) -> RemoteArchive | None:
         """Ask for the archive's last `tail` bytes.
 
         Returns a RemoteArchive when the source honours ranges (the tail is written to sink);
-        otherwise writes the whole body to sink and returns None.
+        otherwise writes the whole, checked body to sink and returns None.
         """
         url = self.download_url(set_id)
-        headers = {"Range": f"bytes=-{tail}", **self.download_headers(set_id)}
+        headers = {"Range": f"bytes=-{tail}", **ARCHIVE_HEADERS, **self.download_headers(set_id)}
         async with self.stream("GET", url, headers=headers) as response:
             _refuse_html(self, set_id, response)
             if response.status_code == 206:
-                size = _content_range_total(response)
-                data = await _read_body(response, tail)
+                first, last, size = _content_range(response)
+                if last != size - 1 or last - first + 1 > tail:
+                    raise OsufsError.io(
+                        f"{self.label}: set {set_id}: asked for the last {tail} bytes, "
+                        f"got bytes {first}-{last} of {size}"
+                    )
+                data = await _read_body(response, last - first + 1)
+                if len(data) != last - first + 1:
+                    raise OsufsError.io(
+                        f"{self.label}: set {set_id}: the archive's end was cut short "
+                        f"({len(data)} of {last - first + 1} bytes)"
+                    )
                 sink.write(data)
                 return RemoteArchive(self, set_id, str(response.url), size)
-            expected = int(response.headers.get("content-length", -1))
-            written = 0
-            async for chunk in response.aiter_raw(CHUNK):
-                sink.write(chunk)
-                written += len(chunk)
-            if expected >= 0 and written != expected:
-                raise OsufsError.io(
-                    f"{self.label}: set {set_id}: body ended after {written} of {expected} bytes"
-                )
+            await self._save_whole(set_id, response, sink, None)
             return None
+
+    async def download_whole(self, set_id: int, url: str, sink: BinaryIO, size: int) -> None:
+        """Write the whole archive at `url` (already resolved, so not paced) to sink, checked."""
+        headers = {**ARCHIVE_HEADERS, **self.download_headers(set_id)}
+        async with self.stream("GET", url, headers=headers) as response:
+            _refuse_html(self, set_id, response)
+            if response.status_code != 200:
+                raise OsufsError.io(f"{self.label}: set {set_id}: HTTP {response.status_code}")
+            await self._save_whole(set_id, response, sink, size)
+
+    async def _save_whole(
+        self, set_id: int, response: httpx.Response, sink: BinaryIO, size: int | None
+    ) -> None:
+        """Stream a whole archive to sink; refuse a short, long, HTML or mismatching body."""
+        declared = response.headers.get("content-length", "")
+        expected = int(declared) if declared.isdigit() else size
+        digest = _ArchiveDigest()
+        async for chunk in response.aiter_raw(CHUNK):
+            if digest.size == 0 and _looks_like_html(chunk):
+                raise OsufsError.io(f"{self.label}: set {set_id}: got an HTML page, not an archive")
+            sink.write(chunk)
+            digest.update(chunk)
+            if expected is not None and digest.size > expected:
+                raise OsufsError.io(f"{self.label}: set {set_id}: body longer than announced")
+        if expected is not None and digest.size != expected:
+            raise OsufsError.io(
+                f"{self.label}: set {set_id}: body ended after {digest.size} of {expected} bytes"
+            )
+        if size is not None and digest.size != size:
+            raise OsufsError.io(
+                f"{self.label}: set {set_id}: archive is {digest.size} bytes, expected {size}"
+            )
+        await self.check_whole(set_id, digest)
 
 
 class HexideSource(Source):
@@ -211,6 +377,8 @@ class HexideSource(Source):
         entries = []
         for item in response.json():
             set_id = int(item.get("ranked_id") or item["id"])
+            if not item.get("title"):
+                continue  # no name to show yet; reading the set by its id names it
             artist, _, title = str(item.get("title", "")).partition(" - ")
             entries.append(
                 CatalogueEntry(set_id, set_folder_name(set_id, artist, title), _date_ns(item))
@@ -237,7 +405,10 @@ class HexideSource(Source):
         return info
 
     async def folder_name(self, set_id: int) -> str | None:
-        artist, _, title = str((await self.set_info(set_id)).get("title", "")).partition(" - ")
+        full = str((await self.set_info(set_id)).get("title") or "")
+        if not full:
+            return None  # the archive's .osu files will name it
+        artist, _, title = full.partition(" - ")
         return set_folder_name(set_id, artist, title)
 
     async def difficulty_bytes(self, set_id: int, path: str) -> bytes | None:
@@ -258,17 +429,53 @@ class HexideSource(Source):
             return data
         return None
 
+    async def check_whole(self, set_id: int, digest: _ArchiveDigest) -> None:
+        """A whole download must match the md5 and sha1 the set info gives for the .osz."""
+        if self.no_video:
+            return  # the set info hashes the full archive, not the one without video
+        try:
+            info = await self.set_info(set_id)
+        except OsufsError as error:
+            log.info(
+                "%s: set %d: no set info to check the archive by: %s", self.label, set_id, error
+            )
+            return
+        for field_name, hashed in (("hash_md5", digest.md5), ("hash_sha1", digest.sha1)):
+            expected = str(info.get(field_name) or "").lower()
+            if expected and expected != hashed.hexdigest():
+                self._set_infos.pop(set_id, None)  # the set may have changed: ask again next time
+                raise OsufsError.io(
+                    f"{self.label}: set {set_id}: the archive does not match the {field_name} "
+                    "of the set info"
+                )
+
 
 class OsuSiteSource(Source):
-    """The official site: downloads need the user's session cookie and a Referer."""
+    """The official site: downloads need the user's session cookie and a Referer.
+
+    A download answers 302 to a signed URL on a file host, which gets neither the cookie nor
+    anything else from the site. Downloads (first hops only; ranged reads of the file host's
+    URL are free) are paced to stay under the site's hourly allowance, and a refused cookie is
+    reported once and then not offered again for a while.
+    """
 
     kind = "osu"
+    limit_default = OSU_LIMIT_DEFAULT
 
     def __init__(
-        self, client: httpx.AsyncClient, base: str, cookie: str | None, *, no_video: bool = False
+        self,
+        client: httpx.AsyncClient,
+        base: str,
+        cookie: str | None,
+        *,
+        no_video: bool = False,
+        pacer: Pacer | None = None,
     ) -> None:
         super().__init__(client, base, no_video=no_video)
         self._cookie = cookie
+        self.pacer = pacer or Pacer(OSU_BURST, OSU_PER_HOUR)
+        self.refused_until = 0.0
+        self._refusal_told = False
 
     def secret_headers(self) -> dict[str, str]:
         return {"Cookie": self._cookie} if self._cookie else {}
@@ -280,18 +487,73 @@ class OsuSiteSource(Source):
         query = "?noVideo=1" if self.no_video else ""
         return f"{self.base.rstrip('/')}/beatmapsets/{set_id}/download{query}"
 
+    def refusal(self, response: httpx.Response) -> OsufsError:
+        if _origin(str(response.url)) != _origin(self.base):
+            return super().refusal(response)  # the file host's, not the cookie's
+        self.refused_until = time.time() + OSU_REFUSED_PAUSE
+        if not self._refusal_told:
+            self._refusal_told = True
+            log.warning("%s", COOKIE_REFUSED if self._cookie else COOKIE_MISSING)
+        return self._refused_error()
+
+    def _refused_error(self) -> OsufsError:
+        what = "refused the session cookie" if self._cookie else "needs a session cookie"
+        return OsufsError(errno.EACCES, f"{self.label}: the site {what} (HTTP 401)")
+
+    async def open_archive(self, set_id: int, tail: int, sink: BinaryIO) -> RemoteArchive | None:
+        if self.refused_until > time.time():
+            raise self._refused_error()
+        wait = self.pacer.take()
+        if wait > 0:
+            until = time.time() + wait
+            raise SourceLimited(
+                f"{self.label}: pacing downloads under the site's hourly allowance; "
+                f"the next one can start at {_clock(until)}",
+                until,
+            )
+        try:
+            return await super().open_archive(set_id, tail, sink)
+        except SourceLimited:
+            self.pacer.drain()
+            raise
+        except OsufsError as error:
+            # The site records a download only when it redirects; a 404 or 401 is not counted.
+            if isinstance(error, SourceMissing) or error.errno == errno.EACCES:
+                self.pacer.give_back()
+            raise
+
+
+# `{novideo:TEXT}` is TEXT with --no-video and nothing without; `{novideo:TEXT|ELSE}` is TEXT
+# with --no-video and ELSE without.
+_NOVIDEO = re.compile(r"\{novideo:([^{}|]*)(?:\|([^{}]*))?\}")
+
 
 class TemplateSource(Source):
-    """A plain download mirror: one URL template with `{id}`."""
+    """A plain download mirror: one URL template with `{id}` and optionally `{novideo:...}`."""
 
     kind = "url"
 
     def download_url(self, set_id: int) -> str:
-        return self.base.replace("{id}", str(set_id))
+        url = _NOVIDEO.sub(lambda m: m.group(1) if self.no_video else m.group(2) or "", self.base)
+        return url.replace("{id}", str(set_id))
 
 
 class _ServerError(Exception):
     """A 5xx answer: transient, retried."""
+
+
+def _hop_timeout() -> Any:  # httpx.Timeout or httpx.USE_CLIENT_DEFAULT
+    """Timeouts for one request, from the caller's deadline.
+
+    A source that sends nothing for half the time left (at most STALL_TIMEOUT) is given up
+    on, so a silent first source leaves time for the next; the deadline itself is enforced
+    by the caller. Without a deadline, the client's own timeouts apply."""
+    deadline = trio.current_effective_deadline()
+    if deadline == math.inf:
+        return httpx.USE_CLIENT_DEFAULT
+    left = max(deadline - trio.current_time(), 0.1)
+    stall = min(STALL_TIMEOUT, left / 2) if left > 2 * MIN_STALL else left
+    return httpx.Timeout(stall, connect=min(CONNECT_TIMEOUT, stall))
 
 
 def _judge(source: Source, response: httpx.Response) -> None:
@@ -300,18 +562,12 @@ def _judge(source: Source, response: httpx.Response) -> None:
     if status in (200, 206):
         return
     if status == 401:
-        if isinstance(source, OsuSiteSource):
-            raise OsufsError(
-                errno.EACCES,
-                "the osu! session cookie was refused; copy a fresh one from the browser",
-            )
-        raise OsufsError(errno.EACCES, f"{source.label}: authorization refused")
+        raise source.refusal(response)
     if status == 404:
         raise SourceMissing(f"{source.label}: no such set")
-    if status in (429, 418, 503) and (status != 503 or "retry-after" in response.headers):
-        until = _retry_after(response)
-        when = time.strftime("%H:%M:%S", time.localtime(until))
-        raise SourceLimited(f"{source.label}: rate limited until {when}", until)
+    if status in (429, 418) or (status == 503 and "retry-after" in response.headers):
+        until = parse_retry_after(response.headers.get("retry-after"), source.limit_default)
+        raise SourceLimited(f"{source.label}: rate limited until {_clock(until)}", until)
     if status >= 500:
         raise _ServerError(f"HTTP {status}")
     raise OsufsError.io(f"{source.label}: unexpected HTTP {status}")
@@ -319,24 +575,48 @@ def _judge(source: Source, response: httpx.Response) -> None:
 
 def _refuse_html(source: Source, set_id: int, response: httpx.Response) -> None:
     if "text/html" in response.headers.get("content-type", ""):
-        raise OsufsError.io(f"{source.label}: set {set_id}: got an HTML page, not an archive")
+        raise OsufsError.io(
+            f"{source.label}: set {set_id}: got an HTML page ({response.url.path}), not an archive"
+        )
 
 
-def _retry_after(response: httpx.Response, default: float = 60.0) -> float:
-    value = response.headers.get("retry-after", "")
+def _looks_like_html(data: bytes) -> bool:
+    head = data[:64].lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html"))
+
+
+def parse_retry_after(value: str | None, default: float, now: float | None = None) -> float:
+    """The unix time a Retry-After header (seconds or an HTTP date) names.
+
+    Absent or unreadable: `default` seconds from now. Never before now, never past the cap."""
+    now = time.time() if now is None else now
+    value = (value or "").strip()
     if value.isdigit():
-        return time.time() + int(value)
-    parsed = email.utils.parsedate_tz(value) if value else None
-    if parsed is not None:
-        return float(email.utils.mktime_tz(parsed))
-    return time.time() + default
+        until = now + int(value)
+    else:
+        parsed = email.utils.parsedate_tz(value) if value else None
+        until = float(email.utils.mktime_tz(parsed)) if parsed is not None else now + default
+    return min(max(until, now), now + RETRY_AFTER_CAP)
 
 
-def _content_range_total(response: httpx.Response) -> int:
-    match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", response.headers.get("content-range", ""))
+def _clock(when: float) -> str:
+    """A unix time as the local wall clock, with the date when it is not today."""
+    local = time.localtime(when)
+    if time.strftime("%Y-%m-%d", local) == time.strftime("%Y-%m-%d"):
+        return time.strftime("%H:%M:%S", local)
+    return time.strftime("%Y-%m-%d %H:%M:%S", local)
+
+
+def _content_range(response: httpx.Response) -> tuple[int, int, int]:
+    """(first, last, total) of a 206's Content-Range."""
+    header = response.headers.get("content-range", "")
+    match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", header.strip())
     if not match:
         raise OsufsError.io(f"bad Content-Range from {response.url.host}")
-    return int(match.group(3))
+    first, last, total = (int(group) for group in match.groups())
+    if first > last or last >= total:
+        raise OsufsError.io(f"bad Content-Range from {response.url.host}: {header}")
+    return first, last, total
 
 
 async def _read_body(response: httpx.Response, limit: int) -> bytes:
@@ -388,6 +668,11 @@ class SourceSpec:
             raise ValueError(f"unknown source {text!r}; expected one of {known}")
         if kind == "url" and "{id}" not in url:
             raise ValueError(f"url source {url!r} needs an {{id}} placeholder")
+        if kind == "url" and "{novideo" in _NOVIDEO.sub("", url):
+            raise ValueError(
+                f"url source {url!r}: write {{novideo:TEXT}} or {{novideo:TEXT|ELSE}} "
+                "(TEXT is used with --no-video, ELSE without)"
+            )
         return cls(kind, url)
 
 
@@ -402,9 +687,13 @@ def build_sources(client: httpx.AsyncClient, settings: _SourceSettings) -> list[
     built: list[Source] = []
     for spec in settings.sources:
         if spec.kind == "osu":
+            if not settings.cookie:
+                log.warning("%s", COOKIE_MISSING)
             built.append(
                 OsuSiteSource(client, spec.url, settings.cookie, no_video=settings.no_video)
             )
         else:
+            if spec.kind == "url" and settings.no_video and not _NOVIDEO.search(spec.url):
+                log.info("%s has no {novideo:...} part; its archives may hold video", spec.url)
             built.append(SOURCE_KINDS[spec.kind](client, spec.url, no_video=settings.no_video))
     return built
