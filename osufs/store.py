@@ -3,45 +3,75 @@
 Layout under the cache directory:
   index/                LMDB environment (see the table below)
   content/ab/cd/<hash>  member contents, named by SHA-256, stored once however many sets share them
+  content.lock          flock held while content files and their index entries change together
   tmp/<pid>-<rand>/     this process's temporary files; a directory whose lock no process holds is
-                        an orphan of a crashed mount and is removed at start
+                        an orphan of a crashed mount and is removed at start (tmp/.lock orders
+                        starting processes, so none removes another's directory as it is made)
 
 Index databases (keys are big-endian so cursors walk sets in id order):
   catalogue  set id -> CatalogueRecord      every set the mount lists
   listings   set id -> SetListing bytes     a set's tree once known
   blobs      set id + entry -> sha256       which content file holds a cached member
   content    sha256 -> [size, refs]         refs counts blobs pointing at it
+  usage      set id -> last access (ns)     every set with blobs has one
+  lru        access (ns) + set id -> ""     the same, ordered oldest first, for eviction
+  pins       set id -> ""                   sets eviction never touches
+  trash      sha256 -> ""                   content files whose refs reached zero, to unlink
   negative   set id -> expiry (unix time)   sets the sources said do not exist
-  meta       b"schema" -> version
+  meta       schema, content_bytes (sum of content sizes), hits, misses, budget
 
 Writes are atomic: the bytes go to a temporary file, are fsynced and renamed into content/,
-and only then is the index committed, so an index entry never points at a partial file.
+and only then is the index committed, so an index entry never points at a partial file. Removal
+runs the other way: the index forgets blobs (and lists their files in trash) in one commit, and
+only then are the files unlinked. A crash between the steps leaves files no entry points at:
+trash is emptied at the next start, and `osufs cache gc` removes the rest. Both sequences hold
+content.lock, so two processes sharing the directory never unlink a file the other just indexed.
+
+The budget is enforced in the commit that adds blobs: least recently used sets are dropped in
+the same transaction until the stored bytes fit, skipping pinned sets, sets with open files in
+this process and the sets being written. Access times and hit counters are kept in memory
+(`Usage`) and written in batches (`flush_usage`), never once per read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
+import logging
 import os
+import re
 import secrets
 import shutil
+import signal
 import struct
+import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 import lmdb
 import msgpack
 
+from osufs.errors import OsufsError
 from osufs.listing import SetListing
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
 INITIAL_MAP_SIZE = 256 << 20
 LISTING_CACHE_SIZE = 256
+HASH_CHUNK = 1 << 20
+_DIGEST_NAME = re.compile(r"[0-9a-f]{64}")
+
+# Testing only: `OSUFS_CRASH_AT=<point>` makes the process SIGKILL itself at that point, so the
+# tests can crash a mount exactly between two steps. Points: temp-written, commit-renamed,
+# commit-evicted, evict-indexed, gc-unlinked.
+_CRASH_AT = os.environ.get("OSUFS_CRASH_AT", "")
 
 T = TypeVar("T")
 
@@ -78,6 +108,74 @@ class PendingBlob:
     size: int
 
 
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    sets: int  # sets with at least one cached member
+    members: int  # cached members (blobs)
+    stored_bytes: int  # bytes of content files (each stored once)
+    logical_bytes: int  # bytes the cached members add up to
+    content_files: int
+    pinned: int
+    listed_sets: int  # sets in the catalogue
+    listings: int  # sets whose tree is known
+    hits: int  # opens served from the cache
+    misses: int  # opens that needed a fetch
+    budget: int | None  # the last mount's --cache-size
+
+    @property
+    def dedup_saving(self) -> int:
+        return self.logical_bytes - self.stored_bytes
+
+    @property
+    def hit_rate(self) -> float | None:
+        total = self.hits + self.misses
+        return self.hits / total if total else None
+
+
+@dataclass(frozen=True, slots=True)
+class SetUsage:
+    set_id: int
+    members: int
+    size: int  # bytes of the set's cached members
+    own_size: int  # of those, bytes no other set shares (what evicting it frees)
+    last_access_ns: int
+    pinned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    """A blob whose content file failed verification; the blob has been dropped."""
+
+    set_id: int
+    entry: int
+    digest: bytes
+    reason: str
+
+
+@dataclass
+class VerifyReport:
+    files_checked: int = 0
+    bytes_checked: int = 0
+    damaged: list[Damage] = field(default_factory=list)
+    dangling: list[tuple[int, int]] = field(default_factory=list)  # blobs without a content entry
+    refs_repaired: int = 0
+
+
+@dataclass
+class GcReport:
+    files_removed: int = 0
+    bytes_removed: int = 0
+    temp_dirs_removed: int = 0
+
+
+@dataclass
+class EvictReport:
+    evicted: list[int] = field(default_factory=list)
+    pinned: list[int] = field(default_factory=list)  # asked for but pinned: left alone
+    not_cached: list[int] = field(default_factory=list)
+    bytes_freed: int = 0
+
+
 def set_key(set_id: int) -> bytes:
     return struct.pack(">Q", set_id)
 
@@ -86,34 +184,150 @@ def blob_key(set_id: int, entry: int) -> bytes:
     return struct.pack(">QI", set_id, entry)
 
 
+def _lru_key(atime_ns: int, set_id: int) -> bytes:
+    return struct.pack(">QQ", atime_ns, set_id)
+
+
+def _pack_int(value: int) -> bytes:
+    return struct.pack(">Q", value)
+
+
+def _unpack_int(data: bytes | None) -> int:
+    return 0 if data is None else struct.unpack(">Q", data)[0]
+
+
+def crash_point(name: str) -> None:
+    """Kill this process with SIGKILL if the tests asked for a crash here (see _CRASH_AT)."""
+    if name == _CRASH_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Usage:
+    """One process's cheap, thread-safe bookkeeping: access times, hit counts, open files."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._atimes: dict[int, int] = {}
+        self._hits = 0
+        self._misses = 0
+        self._open: Counter[int] = Counter()
+
+    def access(self, set_id: int, *, hit: bool) -> None:
+        with self._lock:
+            self._atimes[set_id] = time.time_ns()
+            if hit:
+                self._hits += 1
+            else:
+                self._misses += 1
+
+    def opened(self, set_id: int) -> None:
+        with self._lock:
+            self._open[set_id] += 1
+
+    def closed(self, set_id: int) -> None:
+        with self._lock:
+            self._open[set_id] -= 1
+            if self._open[set_id] <= 0:
+                del self._open[set_id]
+
+    def open_sets(self) -> frozenset[int]:
+        with self._lock:
+            return frozenset(self._open)
+
+    def take(self) -> tuple[dict[int, int], int, int]:
+        """The batch since the last take, leaving an empty one behind."""
+        with self._lock:
+            batch = self._atimes, self._hits, self._misses
+            self._atimes, self._hits, self._misses = {}, 0, 0
+        return batch
+
+    def give_back(self, atimes: dict[int, int], hits: int, misses: int) -> None:
+        """Return a batch that could not be written, to go with the next one."""
+        with self._lock:
+            for set_id, atime in atimes.items():
+                self._atimes[set_id] = max(atime, self._atimes.get(set_id, 0))
+            self._hits += hits
+            self._misses += misses
+
+
+class _MapGuard:
+    """LMDB may resize its map only while this process has no transaction open: transactions
+    hold the guard shared, a resize holds it alone."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._resizing = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                if not self._active:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._resizing = True
+            while self._active:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
 class Store:
     """The persistent cache of one cache directory; safe to share between processes."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self, root: Path, *, budget: int | None = None, map_size: int = INITIAL_MAP_SIZE
+    ) -> None:
         self.root = root
+        self.budget = budget
         self.content_dir = root / "content"
-        tmp_root = root / "tmp"
-        for folder in (root, self.content_dir, tmp_root):
+        self._tmp_root = root / "tmp"
+        for folder in (root, self.content_dir, self._tmp_root):
             folder.mkdir(parents=True, exist_ok=True)
-        _remove_orphan_temp_dirs(tmp_root)
-        self.tmp_dir = tmp_root / f"{os.getpid()}-{secrets.token_hex(4)}"
-        self.tmp_dir.mkdir()
-        self._tmp_lock = os.open(self.tmp_dir / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
-        fcntl.flock(self._tmp_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._content_lock_path = root / "content.lock"
+        self.tmp_dir, self._tmp_lock = _make_temp_dir(self._tmp_root)
+        self.usage = Usage()
+        self._guard = _MapGuard()
         # metasync=False keeps integrity and halves fsyncs; a system crash may undo the last commit.
-        self.env = lmdb.open(
-            str(root / "index"), map_size=INITIAL_MAP_SIZE, max_dbs=8, metasync=False
-        )
+        self.env = lmdb.open(str(root / "index"), map_size=map_size, max_dbs=16, metasync=False)
         self._catalogue = self.env.open_db(b"catalogue")
         self._listings = self.env.open_db(b"listings")
         self._blobs = self.env.open_db(b"blobs")
         self._content = self.env.open_db(b"content")
+        self._usage = self.env.open_db(b"usage")
+        self._lru = self.env.open_db(b"lru")
+        self._pins = self.env.open_db(b"pins")
+        self._trash = self.env.open_db(b"trash")
         self._negative = self.env.open_db(b"negative")
         self._meta = self.env.open_db(b"meta")
         self._check_schema()
         self._listing_cache: OrderedDict[int, SetListing] = OrderedDict()
+        self.empty_trash()
+        if budget is not None:
+            self._write(lambda txn: txn.put(b"budget", _pack_int(budget), db=self._meta))
 
     def close(self) -> None:
+        try:
+            self.flush_usage()
+        except Exception:
+            log.exception("could not record access times and counters")
         self.env.close()
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         os.close(self._tmp_lock)
@@ -123,37 +337,74 @@ class Store:
             found = txn.get(b"schema", db=self._meta)
             if found is None:
                 txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._meta)
+            elif int(found) == 1:
+                self._upgrade_from_1(txn)
+                txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._meta)
             elif int(found) != SCHEMA_VERSION:
                 raise StoreError(
                     f"cache {self.root} has schema {int(found)}, this osufs uses "
                     f"{SCHEMA_VERSION}; move it away or choose another --cache-dir"
                 )
 
-        self._write(check)
+        with self._read() as txn:
+            current = txn.get(b"schema", db=self._meta)
+        if current is None or int(current) != SCHEMA_VERSION:
+            self._write(check)
+
+    def _upgrade_from_1(self, txn: lmdb.Transaction) -> None:
+        """Schema 1 had no byte total or access times: count the one, start the other now."""
+        total = sum(msgpack.unpackb(v)[0] for v in txn.cursor(db=self._content).iternext(False))
+        txn.put(b"content_bytes", _pack_int(total), db=self._meta)
+        now = time.time_ns()
+        blobs = txn.cursor(db=self._blobs).iternext(values=False)
+        for set_id in {struct.unpack(">Q", key[:8])[0] for key in blobs}:
+            txn.put(set_key(set_id), _pack_int(now), db=self._usage)
+            txn.put(_lru_key(now, set_id), b"", db=self._lru)
 
     def _write(self, action: Callable[[lmdb.Transaction], T]) -> T:
         """Run one write transaction, growing the map when it fills."""
         while True:
             try:
-                with self.env.begin(write=True) as txn:
+                with self._guard.shared(), self.env.begin(write=True) as txn:
                     return action(txn)
             except lmdb.MapFullError:
-                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                with self._guard.alone():
+                    self.env.set_mapsize(self.env.info()["map_size"] * 2)
             except lmdb.MapResizedError:
                 # Another process grew the map; adopt its size.
-                self.env.set_mapsize(0)
+                with self._guard.alone():
+                    self.env.set_mapsize(0)
+            except lmdb.Error as error:
+                # LMDB reports a full disk as EIO from mdb_txn_commit.
+                raise OsufsError(errno.EIO, f"cache index: {error}") from error
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[lmdb.Transaction]:
+        for _attempt in range(2):
+            with self._guard.shared():
+                try:
+                    txn = self.env.begin()
+                except lmdb.MapResizedError:
+                    txn = None  # another process grew the map: adopt its size (below), retry
+                if txn is not None:
+                    try:
+                        yield txn
+                    finally:
+                        txn.abort()
+                    return
+            with self._guard.alone():
+                self.env.set_mapsize(0)
+        raise OsufsError.io("cache index: the map keeps being resized")
+
+    @contextlib.contextmanager
+    def _content_locked(self) -> Iterator[None]:
+        """content.lock, across processes and threads (each call opens its own descriptor)."""
+        fd = os.open(self._content_lock_path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
         try:
-            txn = self.env.begin()
-        except lmdb.MapResizedError:
-            self.env.set_mapsize(0)
-            txn = self.env.begin()
-        try:
-            yield txn
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
         finally:
-            txn.abort()
+            os.close(fd)
 
     # catalogue
 
@@ -245,15 +496,18 @@ class Store:
         return None if digest is None else self.content_path(bytes(digest))
 
     def cached_entries(self, set_id: int) -> set[int]:
-        prefix = set_key(set_id)
-        found: set[int] = set()
         with self._read() as txn:
-            cursor = txn.cursor(db=self._blobs)
-            if cursor.set_range(prefix):
-                for key in cursor.iternext(keys=True, values=False):
-                    if not key.startswith(prefix):
-                        break
-                    found.add(struct.unpack(">I", key[8:])[0])
+            return {entry for entry, _digest in self._set_blobs(txn, set_id)}
+
+    def _set_blobs(self, txn: lmdb.Transaction, set_id: int) -> list[tuple[int, bytes]]:
+        prefix = set_key(set_id)
+        found: list[tuple[int, bytes]] = []
+        cursor = txn.cursor(db=self._blobs)
+        if cursor.set_range(prefix):
+            for key, digest in cursor:
+                if not key.startswith(prefix):
+                    break
+                found.append((struct.unpack(">I", key[8:])[0], bytes(digest)))
         return found
 
     def new_temp(self) -> tuple[Path, BinaryIO]:
@@ -261,27 +515,485 @@ class Store:
         return path, open(path, "xb")
 
     def commit_blobs(self, blobs: list[PendingBlob]) -> None:
-        """Move fsynced temporary files into content/ and index them; blocking, run in a thread."""
+        """Move fsynced temporary files into content/ and index them, evicting what the budget
+        needs in the same commit; blocking, run in a thread."""
+        if not blobs:
+            return
+        protect = self.usage.open_sets() | {blob.set_id for blob in blobs}
+        atimes, hits, misses = self.usage.take()
+        with self._content_locked():
+            try:
+                renamed = self._place_files(blobs)
+                crash_point("commit-renamed")
+                try:
+                    freed = self._write(
+                        lambda txn: self._index_blobs(txn, blobs, protect, atimes, hits, misses)
+                    )
+                except BaseException:
+                    for path in renamed:  # no entry points at them: do not leave them behind
+                        path.unlink(missing_ok=True)
+                    raise
+            except BaseException:
+                self.usage.give_back(atimes, hits, misses)
+                for blob in blobs:
+                    blob.temp_path.unlink(missing_ok=True)
+                raise
+            if freed:
+                crash_point("commit-evicted")
+            self._unlink_trash(freed)
+
+    def _place_files(self, blobs: list[PendingBlob]) -> list[Path]:
+        """Rename temporary files into content/ unless the index has their bytes already."""
+        with self._read() as txn:
+            indexed = {b.digest for b in blobs if txn.get(b.digest, db=self._content) is not None}
+        renamed: list[Path] = []
         for blob in blobs:
             final = self.content_path(blob.digest)
-            if final.exists():
+            if blob.digest in indexed:
                 blob.temp_path.unlink()  # the same bytes are stored already
                 continue
+            # A file here without an entry is an orphan of a crash: replace it with ours.
             final.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(blob.temp_path, final)
-        _fsync_dirs({self.content_path(blob.digest).parent for blob in blobs})
+            os.replace(blob.temp_path, final)
+            renamed.append(final)
+        _fsync_dirs({path.parent for path in renamed})
+        return renamed
 
-        def index(txn: lmdb.Transaction) -> None:
-            for blob in blobs:
-                key = blob_key(blob.set_id, blob.entry)
-                if txn.get(key, db=self._blobs) is not None:
+    def _index_blobs(
+        self,
+        txn: lmdb.Transaction,
+        blobs: list[PendingBlob],
+        protect: frozenset[int],
+        atimes: dict[int, int],
+        hits: int,
+        misses: int,
+    ) -> list[bytes]:
+        total = _unpack_int(txn.get(b"content_bytes", db=self._meta))
+        for blob in blobs:
+            key = blob_key(blob.set_id, blob.entry)
+            if txn.get(key, db=self._blobs) is not None:
+                continue
+            txn.put(key, blob.digest, db=self._blobs)
+            known = txn.get(blob.digest, db=self._content)
+            refs = msgpack.unpackb(known)[1] if known is not None else 0
+            if known is None:
+                total += blob.size
+                txn.delete(blob.digest, db=self._trash)
+            txn.put(blob.digest, msgpack.packb([blob.size, refs + 1]), db=self._content)
+        now = time.time_ns()
+        self._record_usage(txn, {**atimes, **dict.fromkeys({b.set_id for b in blobs}, now)})
+        self._add_counters(txn, hits, misses)
+        freed: list[bytes] = []
+        if self.budget is not None and total > self.budget:
+            total = self._evict_lru(txn, total, self.budget, protect, freed)
+        txn.put(b"content_bytes", _pack_int(total), db=self._meta)
+        return freed
+
+    def drop_missing(self, set_id: int, entry: int, path: Path) -> bool:
+        """Forget a blob whose content file has vanished (damage, or another mount's eviction
+        seen half-way); True if the index pointed at `path` and no longer does."""
+        with self._content_locked():
+            if path.exists():
+                return False
+
+            freed: list[bytes] = []
+
+            def drop(txn: lmdb.Transaction) -> bool:
+                freed.clear()
+                digest = txn.get(blob_key(set_id, entry), db=self._blobs)
+                if digest is None or self.content_path(bytes(digest)) != path:
+                    return False
+                total = _unpack_int(txn.get(b"content_bytes", db=self._meta))
+                total -= self._drop_blob(txn, set_id, entry, bytes(digest), freed)
+                txn.put(b"content_bytes", _pack_int(total), db=self._meta)
+                return True
+
+            dropped = self._write(drop)
+            self._unlink_trash(freed)
+        if dropped:
+            log.warning("set %d: member %d: %s is missing; entry dropped", set_id, entry, path)
+        return dropped
+
+    # access times and counters
+
+    def flush_usage(self) -> None:
+        """Write the access times and hit counters gathered in memory since the last flush."""
+        atimes, hits, misses = self.usage.take()
+        if not atimes and not hits and not misses:
+            return
+
+        def flush(txn: lmdb.Transaction) -> None:
+            self._record_usage(txn, atimes)
+            self._add_counters(txn, hits, misses)
+
+        try:
+            self._write(flush)
+        except BaseException:
+            self.usage.give_back(atimes, hits, misses)
+            raise
+
+    def _record_usage(self, txn: lmdb.Transaction, atimes: dict[int, int]) -> None:
+        for set_id, atime in atimes.items():
+            key = set_key(set_id)
+            old = txn.get(key, db=self._usage)
+            if old is not None:
+                old_atime = _unpack_int(old)
+                if old_atime >= atime:
                     continue
-                txn.put(key, blob.digest, db=self._blobs)
-                known = txn.get(blob.digest, db=self._content)
-                refs = msgpack.unpackb(known)[1] if known is not None else 0
-                txn.put(blob.digest, msgpack.packb([blob.size, refs + 1]), db=self._content)
+                txn.delete(_lru_key(old_atime, set_id), db=self._lru)
+            elif not self._set_blobs(txn, set_id):
+                continue  # evicted meanwhile (by another mount): nothing to order
+            txn.put(key, _pack_int(atime), db=self._usage)
+            txn.put(_lru_key(atime, set_id), b"", db=self._lru)
 
-        self._write(index)
+    def _add_counters(self, txn: lmdb.Transaction, hits: int, misses: int) -> None:
+        for name, delta in ((b"hits", hits), (b"misses", misses)):
+            if delta:
+                value = _unpack_int(txn.get(name, db=self._meta)) + delta
+                txn.put(name, _pack_int(value), db=self._meta)
+
+    # eviction
+
+    def _evict_lru(
+        self,
+        txn: lmdb.Transaction,
+        total: int,
+        limit: int,
+        protect: frozenset[int],
+        freed: list[bytes],
+    ) -> int:
+        """Drop least recently used sets until total <= limit; returns the new total."""
+        done: list[bytes] = []
+        for key in txn.cursor(db=self._lru).iternext(values=False):
+            _atime, set_id = struct.unpack(">QQ", key)
+            if set_id in protect or txn.get(set_key(set_id), db=self._pins) is not None:
+                continue
+            total -= self._drop_set(txn, set_id, freed)
+            done.append(bytes(key))
+            log.info("evicted set %d (cache over its budget)", set_id)
+            if total <= limit:
+                break
+        for key in done:
+            txn.delete(key, db=self._lru)
+        return total
+
+    def _drop_set(self, txn: lmdb.Transaction, set_id: int, freed: list[bytes]) -> int:
+        """Forget a set's blobs and access time (not its lru key); returns the bytes freed."""
+        released = 0
+        for entry, digest in self._set_blobs(txn, set_id):
+            released += self._drop_blob(txn, set_id, entry, digest, freed)
+        txn.delete(set_key(set_id), db=self._usage)
+        return released
+
+    def _drop_blob(
+        self, txn: lmdb.Transaction, set_id: int, entry: int, digest: bytes, freed: list[bytes]
+    ) -> int:
+        txn.delete(blob_key(set_id, entry), db=self._blobs)
+        known = txn.get(digest, db=self._content)
+        if known is None:
+            return 0
+        size, refs = msgpack.unpackb(known)
+        if refs > 1:
+            txn.put(digest, msgpack.packb([size, refs - 1]), db=self._content)
+            return 0
+        txn.delete(digest, db=self._content)
+        txn.put(digest, b"", db=self._trash)
+        freed.append(digest)
+        return size
+
+    def evict(self, set_ids: Iterable[int]) -> EvictReport:
+        """Drop the named sets' cached members (not pinned ones); listings stay."""
+        wanted = list(dict.fromkeys(set_ids))
+        with self._content_locked():
+
+            def evict(txn: lmdb.Transaction) -> tuple[EvictReport, list[bytes]]:
+                report = EvictReport()
+                total = _unpack_int(txn.get(b"content_bytes", db=self._meta))
+                freed: list[bytes] = []
+                for set_id in wanted:
+                    if txn.get(set_key(set_id), db=self._pins) is not None:
+                        report.pinned.append(set_id)
+                        continue
+                    if not self._set_blobs(txn, set_id):
+                        report.not_cached.append(set_id)
+                        continue
+                    atime = txn.get(set_key(set_id), db=self._usage)
+                    if atime is not None:
+                        txn.delete(_lru_key(_unpack_int(atime), set_id), db=self._lru)
+                    released = self._drop_set(txn, set_id, freed)
+                    total -= released
+                    report.evicted.append(set_id)
+                    report.bytes_freed += released
+                txn.put(b"content_bytes", _pack_int(total), db=self._meta)
+                return report, freed
+
+            report, freed = self._write(evict)
+            if freed:
+                crash_point("evict-indexed")
+            self._unlink_trash(freed)
+        return report
+
+    def evict_to(self, limit: int) -> int:
+        """Evict least recently used unpinned sets until the content fits `limit` bytes."""
+        with self._content_locked():
+
+            def shrink(txn: lmdb.Transaction) -> tuple[int, list[bytes]]:
+                before = _unpack_int(txn.get(b"content_bytes", db=self._meta))
+                freed: list[bytes] = []
+                after = self._evict_lru(txn, before, limit, self.usage.open_sets(), freed)
+                txn.put(b"content_bytes", _pack_int(after), db=self._meta)
+                return before - after, freed
+
+            released, freed = self._write(shrink)
+            self._unlink_trash(freed)
+        return released
+
+    def _unlink_trash(self, digests: list[bytes]) -> None:
+        """Unlink content files the index has let go of, then forget them (content lock held)."""
+        if not digests:
+            return
+        for digest in digests:
+            try:
+                self.content_path(digest).unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                log.warning("could not remove %s: %s", self.content_path(digest), error)
+
+        def forget(txn: lmdb.Transaction) -> None:
+            for digest in digests:
+                txn.delete(digest, db=self._trash)
+
+        try:
+            self._write(forget)
+        except OsufsError as error:
+            log.warning("could not clear the trash list (emptied again at next start): %s", error)
+
+    def empty_trash(self) -> int:
+        """Unlink files a crashed process let go of but did not unlink; returns how many."""
+        with self._read() as txn:
+            if not txn.stat(self._trash)["entries"]:
+                return 0
+        with self._content_locked():
+            with self._read() as txn:
+                listed = [bytes(k) for k in txn.cursor(db=self._trash).iternext(values=False)]
+                # A digest indexed again since (by another process) keeps its file.
+                gone = [d for d in listed if txn.get(d, db=self._content) is None]
+            for digest in gone:
+                with contextlib.suppress(FileNotFoundError):
+                    self.content_path(digest).unlink()
+
+            def forget(txn: lmdb.Transaction) -> None:
+                for digest in listed:
+                    txn.delete(digest, db=self._trash)
+
+            self._write(forget)
+        return len(gone)
+
+    # pins
+
+    def pin(self, set_ids: Iterable[int]) -> None:
+        ids = list(set_ids)
+        self._write(lambda txn: [txn.put(set_key(i), b"", db=self._pins) for i in ids])
+
+    def unpin(self, set_ids: Iterable[int]) -> None:
+        ids = list(set_ids)
+        self._write(lambda txn: [txn.delete(set_key(i), db=self._pins) for i in ids])
+
+    def pinned(self) -> set[int]:
+        with self._read() as txn:
+            cursor = txn.cursor(db=self._pins)
+            return {struct.unpack(">Q", k)[0] for k in cursor.iternext(values=False)}
+
+    # reports
+
+    def content_bytes(self) -> int:
+        with self._read() as txn:
+            return _unpack_int(txn.get(b"content_bytes", db=self._meta))
+
+    def stats(self) -> CacheStats:
+        with self._read() as txn:
+            sets: set[int] = set()
+            members = 0
+            for key in txn.cursor(db=self._blobs).iternext(values=False):
+                sets.add(struct.unpack(">Q", key[:8])[0])
+                members += 1
+            logical = 0
+            for value in txn.cursor(db=self._content).iternext(keys=False):
+                size, refs = msgpack.unpackb(value)
+                logical += size * refs
+            budget = txn.get(b"budget", db=self._meta)
+            return CacheStats(
+                sets=len(sets),
+                members=members,
+                stored_bytes=_unpack_int(txn.get(b"content_bytes", db=self._meta)),
+                logical_bytes=logical,
+                content_files=txn.stat(self._content)["entries"],
+                pinned=txn.stat(self._pins)["entries"],
+                listed_sets=txn.stat(self._catalogue)["entries"],
+                listings=txn.stat(self._listings)["entries"],
+                hits=_unpack_int(txn.get(b"hits", db=self._meta)),
+                misses=_unpack_int(txn.get(b"misses", db=self._meta)),
+                budget=None if budget is None else _unpack_int(budget),
+            )
+
+    def cached_sets(self) -> list[SetUsage]:
+        """Every set with cached members, in id order."""
+        with self._read() as txn:
+            content: dict[bytes, tuple[int, int]] = {}
+            for key, value in txn.cursor(db=self._content):
+                size, refs = msgpack.unpackb(value)
+                content[bytes(key)] = (size, refs)
+            found: dict[int, list[int]] = {}
+            for key, digest in txn.cursor(db=self._blobs):
+                size, refs = content.get(bytes(digest), (0, 0))
+                row = found.setdefault(struct.unpack(">Q", key[:8])[0], [0, 0, 0])
+                row[0] += 1
+                row[1] += size
+                row[2] += size if refs == 1 else 0
+            return [
+                SetUsage(
+                    set_id,
+                    members,
+                    size,
+                    own,
+                    _unpack_int(txn.get(set_key(set_id), db=self._usage)),
+                    txn.get(set_key(set_id), db=self._pins) is not None,
+                )
+                for set_id, (members, size, own) in sorted(found.items())
+            ]
+
+    # verification and garbage collection
+
+    def verify(self, progress: Callable[[int], None] = lambda n: None) -> VerifyReport:
+        """Re-hash every content file; drop blobs whose file is missing or damaged and report
+        them; repair reference counts and the byte total. The hashing runs without the lock."""
+        report = VerifyReport()
+        with self._read() as txn:
+            entries = [(bytes(k), msgpack.unpackb(v)[0]) for k, v in txn.cursor(db=self._content)]
+        bad: dict[bytes, str] = {}
+        for digest, size in entries:
+            reason = _check_file(self.content_path(digest), digest, size)
+            report.files_checked += 1
+            report.bytes_checked += size
+            progress(size)
+            if reason is not None:
+                bad[digest] = reason
+        with self._content_locked():
+            # Re-check under the lock: a file may have been evicted (and its entry with it).
+            bad = {
+                d: r
+                for d, r in bad.items()
+                if _check_file(self.content_path(d), d, _size_of(entries, d)) is not None
+            }
+
+            def repair(txn: lmdb.Transaction) -> None:
+                report.damaged, report.dangling, report.refs_repaired = [], [], 0
+                counts: Counter[bytes] = Counter()
+                doomed: list[tuple[int, int, bytes]] = []
+                for key, value in txn.cursor(db=self._blobs):
+                    set_id, entry = struct.unpack(">QI", key)
+                    digest = bytes(value)
+                    if digest in bad:
+                        if txn.get(digest, db=self._content) is not None:
+                            report.damaged.append(Damage(set_id, entry, digest, bad[digest]))
+                        doomed.append((set_id, entry, digest))
+                    elif txn.get(digest, db=self._content) is None:
+                        report.dangling.append((set_id, entry))
+                        doomed.append((set_id, entry, digest))
+                    else:
+                        counts[digest] += 1
+                for set_id, entry, _digest in doomed:
+                    txn.delete(blob_key(set_id, entry), db=self._blobs)
+                total = 0
+                for key, value in list(txn.cursor(db=self._content)):
+                    digest = bytes(key)
+                    size, refs = msgpack.unpackb(value)
+                    if digest in bad or not counts[digest]:
+                        txn.delete(digest, db=self._content)
+                        txn.put(digest, b"", db=self._trash)
+                        continue
+                    if refs != counts[digest]:
+                        report.refs_repaired += 1
+                        txn.put(digest, msgpack.packb([size, counts[digest]]), db=self._content)
+                    total += size
+                txn.put(b"content_bytes", _pack_int(total), db=self._meta)
+                for set_id in {s for s, _e, _d in doomed}:
+                    if not self._set_blobs(txn, set_id):
+                        atime = txn.get(set_key(set_id), db=self._usage)
+                        if atime is not None:
+                            txn.delete(_lru_key(_unpack_int(atime), set_id), db=self._lru)
+                        txn.delete(set_key(set_id), db=self._usage)
+
+            self._write(repair)
+            with self._read() as txn:
+                trash = [bytes(k) for k in txn.cursor(db=self._trash).iternext(values=False)]
+            self._unlink_trash(trash)
+        return report
+
+    def gc(self) -> GcReport:
+        """Remove content files no entry refers to, empty directories, and orphan temp dirs."""
+        report = GcReport()
+        report.temp_dirs_removed = _locked_orphan_sweep(self._tmp_root)
+        self.empty_trash()
+        candidates: list[Path] = []
+        for path in self.content_dir.rglob("*"):
+            if path.is_dir():
+                continue
+            if not _DIGEST_NAME.fullmatch(path.name) or path != self.content_path(
+                bytes.fromhex(path.name)
+            ):
+                candidates.append(path)  # nothing is ever stored under such a name
+                continue
+            with self._read() as txn:
+                if txn.get(bytes.fromhex(path.name), db=self._content) is None:
+                    candidates.append(path)
+        with self._content_locked():
+            for path in candidates:
+                if _DIGEST_NAME.fullmatch(path.name) and path == self.content_path(
+                    bytes.fromhex(path.name)
+                ):
+                    with self._read() as txn:
+                        if txn.get(bytes.fromhex(path.name), db=self._content) is not None:
+                            continue  # indexed since the walk
+                try:
+                    size = path.stat().st_size
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                report.files_removed += 1
+                report.bytes_removed += size
+                crash_point("gc-unlinked")
+            for folder in sorted(self.content_dir.glob("*/*"), reverse=True) + sorted(
+                self.content_dir.glob("*")
+            ):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only succeeds when empty
+        return report
+
+
+def _size_of(entries: list[tuple[bytes, int]], digest: bytes) -> int:
+    return next(size for d, size in entries if d == digest)
+
+
+def _check_file(path: Path, digest: bytes, size: int) -> str | None:
+    """Why a content file does not hold the bytes its name promises, or None if it does."""
+    try:
+        with open(path, "rb") as file:
+            hasher = hashlib.sha256()
+            length = 0
+            while chunk := file.read(HASH_CHUNK):
+                hasher.update(chunk)
+                length += len(chunk)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as error:
+        return f"unreadable ({error.strerror})"
+    if length != size:
+        return f"size {length}, expected {size}"
+    if hasher.digest() != digest:
+        return "contents do not match their hash"
+    return None
 
 
 class HashingWriter:
@@ -293,14 +1005,28 @@ class HashingWriter:
         self.size = 0
 
     def __call__(self, data: bytes) -> None:
-        self.file.write(data)
+        try:
+            self.file.write(data)
+        except OSError as error:
+            raise _disk_error(error) from error
         self.hash.update(data)
         self.size += len(data)
+        if self.size >= 1 << 16:
+            crash_point("temp-written")
+
+
+def _disk_error(error: OSError) -> Exception:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OsufsError(errno.ENOSPC, "the cache's disk is full")
+    return error
 
 
 def fsync_file(file: BinaryIO) -> None:
-    file.flush()
-    os.fsync(file.fileno())
+    try:
+        file.flush()
+        os.fsync(file.fileno())
+    except OSError as error:
+        raise _disk_error(error) from error
 
 
 def _fsync_dirs(folders: set[Path]) -> None:
@@ -312,22 +1038,56 @@ def _fsync_dirs(folders: set[Path]) -> None:
             os.close(fd)
 
 
-def _remove_orphan_temp_dirs(tmp_root: Path) -> None:
+@contextlib.contextmanager
+def _startup_lock(tmp_root: Path) -> Iterator[None]:
+    """tmp/.lock: held while a process sweeps orphans or makes its own directory, so a sweep
+    never sees a directory whose lock is not taken yet."""
+    fd = os.open(tmp_root / ".lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _make_temp_dir(tmp_root: Path) -> tuple[Path, int]:
+    """Sweep orphans, then make and lock this process's temporary directory."""
+    with _startup_lock(tmp_root):
+        _remove_orphan_temp_dirs(tmp_root)
+        folder = tmp_root / f"{os.getpid()}-{secrets.token_hex(4)}"
+        folder.mkdir()
+        lock = os.open(folder / ".lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return folder, lock
+
+
+def _locked_orphan_sweep(tmp_root: Path) -> int:
+    with _startup_lock(tmp_root):
+        return _remove_orphan_temp_dirs(tmp_root)
+
+
+def _remove_orphan_temp_dirs(tmp_root: Path) -> int:
     """Remove temporary directories of processes that are gone (their lock is free)."""
+    removed = 0
     for folder in tmp_root.iterdir():
+        if not folder.is_dir():
+            continue
         lock_path = folder / ".lock"
         try:
-            fd = os.open(lock_path, os.O_RDWR)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
         except OSError:
             shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            continue  # a live mount owns it
+            continue  # a live process owns it
         finally:
             os.close(fd)
         shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    return removed
 
 
 def now_ns() -> int:

@@ -1,0 +1,240 @@
+"""`osufs cache ...`: looking after the cache directory (see docs/cache.md), and cache sizes.
+
+Every command opens the store as a mount does, so it is safe to run beside live mounts: the
+index is LMDB (many processes, one writer at a time) and file changes hold content.lock.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from osufs.store import Store
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b)?\s*", re.IGNORECASE)
+_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from `20G`, `512M`, `1.5GiB`, `100000`: suffixes are powers of 1024, as in du."""
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (try 20G, 512M or a number of bytes)")
+    number, unit, _ = match.groups()
+    return int(float(number) * 1024 ** _UNITS[unit.lower()])
+
+
+def format_size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def size_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """A click callback for --cache-size."""
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _default_cache_dir() -> Path:
+    from osufs.cli import default_cache_dir  # the cli imports this module
+
+    return default_cache_dir()
+
+
+def _cache_dir_option(command: Callable[..., None]) -> Callable[..., None]:
+    return click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="The cache directory (default: the one `osufs mount` uses).",
+    )(command)
+
+
+@contextmanager
+def _open(cache_dir: Path | None) -> Iterator[Store]:
+    root = cache_dir or _default_cache_dir()
+    if not (root / "index").is_dir():
+        raise click.ClickException(f"no cache at {root}")
+    store = Store(root)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _ids(specs: tuple[str, ...]) -> list[int]:
+    from osufs.prefetch import parse_ids
+
+    try:
+        return parse_ids(specs)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="IDS") from None
+
+
+@click.group()
+def cache() -> None:
+    """Inspect and look after the cache."""
+
+
+@cache.command()
+@_cache_dir_option
+def stats(cache_dir: Path | None) -> None:
+    """Sets, members, bytes, dedup savings and hit rate."""
+    with _open(cache_dir) as store:
+        s = store.stats()
+        root = store.root
+    rate = "no opens recorded" if s.hit_rate is None else f"{s.hit_rate:.1%}"
+    budget = "unlimited" if s.budget is None else format_size(s.budget)
+    saving = s.dedup_saving / s.logical_bytes if s.logical_bytes else 0.0
+    table = Table(show_header=False, box=None, title=str(root), title_justify="left")
+    rows: list[tuple[str, Any]] = [
+        ("sets cached", f"{s.sets} of {s.listed_sets} listed ({s.listings} with a known tree)"),
+        ("members cached", s.members),
+        ("members' bytes", f"{format_size(s.logical_bytes)} ({s.logical_bytes} B)"),
+        (
+            "stored bytes",
+            f"{format_size(s.stored_bytes)} ({s.stored_bytes} B) in {s.content_files} files",
+        ),
+        (
+            "dedup saving",
+            f"{format_size(s.dedup_saving)} ({s.dedup_saving} B, {saving:.1%} of members' bytes)",
+        ),
+        ("budget (last mount)", budget),
+        ("pinned sets", s.pinned),
+        ("hit rate", f"{rate} ({s.hits} hits, {s.misses} misses)"),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    Console().print(table)
+
+
+@cache.command(name="ls")
+@_cache_dir_option
+@click.option(
+    "--sort",
+    type=click.Choice(["id", "recent", "size"]),
+    default="id",
+    show_default=True,
+    help="recent: most recently used first, as eviction sees them (it takes the last first).",
+)
+def list_sets(cache_dir: Path | None, sort: str) -> None:
+    """The cached sets: members, bytes, bytes evicting frees, last use, pins."""
+    with _open(cache_dir) as store:
+        rows = store.cached_sets()
+        names = {row.set_id: store.catalogue_get(row.set_id) for row in rows}
+    if sort == "recent":
+        rows.sort(key=lambda row: row.last_access_ns, reverse=True)
+    elif sort == "size":
+        rows.sort(key=lambda row: row.size, reverse=True)
+    table = Table("set", "folder", "members", "size", "own", "last used", "pinned")
+    for row in rows:
+        record = names[row.set_id]
+        used = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.last_access_ns / 1e9))
+        table.add_row(
+            str(row.set_id),
+            record.folder if record else "",
+            str(row.members),
+            format_size(row.size),
+            format_size(row.own_size),
+            used if row.last_access_ns else "",
+            "yes" if row.pinned else "",
+        )
+    Console().print(table)
+    click.echo(f"{len(rows)} sets")
+
+
+@cache.command()
+@click.argument("ids", nargs=-1, required=True)
+@_cache_dir_option
+def pin(ids: tuple[str, ...], cache_dir: Path | None) -> None:
+    """Keep sets IDS (ids or ranges like 1-500) through any eviction; it does not fetch them."""
+    wanted = _ids(ids)
+    with _open(cache_dir) as store:
+        store.pin(wanted)
+    click.echo(f"{len(wanted)} sets pinned")
+
+
+@cache.command()
+@click.argument("ids", nargs=-1, required=True)
+@_cache_dir_option
+def unpin(ids: tuple[str, ...], cache_dir: Path | None) -> None:
+    """Let sets IDS be evicted again."""
+    wanted = _ids(ids)
+    with _open(cache_dir) as store:
+        store.unpin(wanted)
+    click.echo(f"{len(wanted)} sets unpinned")
+
+
+@cache.command()
+@click.argument("ids", nargs=-1, required=True)
+@_cache_dir_option
+def evict(ids: tuple[str, ...], cache_dir: Path | None) -> None:
+    """Drop the cached members of sets IDS (their listings stay; pinned sets are kept)."""
+    with _open(cache_dir) as store:
+        report = store.evict(_ids(ids))
+    click.echo(f"{len(report.evicted)} sets evicted, {format_size(report.bytes_freed)} freed")
+    if report.pinned:
+        click.echo(f"pinned, kept (unpin them first): {_id_list(report.pinned)}")
+    if report.not_cached:
+        click.echo(f"not cached: {_id_list(report.not_cached)}")
+
+
+@cache.command()
+@_cache_dir_option
+def verify(cache_dir: Path | None) -> None:
+    """Re-hash every content file; drop and report members whose content is damaged or gone."""
+    with _open(cache_dir) as store:
+        total = store.content_bytes()
+        columns = (TextColumn("verifying"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
+        with Progress(*columns, transient=True) as progress:
+            task = progress.add_task("verify", total=total)
+            report = store.verify(lambda n: progress.advance(task, n))
+        lines = []
+        for damage in report.damaged:
+            listing = store.listing_get_uncached(damage.set_id)
+            name = listing.path(damage.entry) if listing is not None else f"#{damage.entry}"
+            lines.append(f"damaged: set {damage.set_id}: {name}: {damage.reason}")
+        for set_id, entry in report.dangling:
+            lines.append(f"dangling: set {set_id}: member #{entry} had no content entry")
+    for line in lines:
+        click.echo(line)
+    click.echo(
+        f"{report.files_checked} files ({format_size(report.bytes_checked)}) checked: "
+        f"{len(report.damaged)} damaged, {len(report.dangling)} dangling, "
+        f"{report.refs_repaired} reference counts repaired"
+    )
+    if report.damaged or report.dangling:
+        click.echo("the members dropped are fetched again when next read")
+        raise SystemExit(1)
+
+
+@cache.command()
+@_cache_dir_option
+def gc(cache_dir: Path | None) -> None:
+    """Remove content files no member refers to, and temporary files of crashed mounts."""
+    with _open(cache_dir) as store:
+        report = store.gc()
+    click.echo(
+        f"{report.files_removed} unreferenced files removed "
+        f"({format_size(report.bytes_removed)}), "
+        f"{report.temp_dirs_removed} orphan temporary directories removed"
+    )
+
+
+def _id_list(ids: list[int]) -> str:
+    return " ".join(str(i) for i in ids)
