@@ -1,4 +1,4 @@
-"""The command line: mount, umount, serve, demo."""
+"""The command line: mount, umount, prefetch, cache, serve, demo."""
 
 from __future__ import annotations
 
@@ -11,13 +11,19 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import click
 import platformdirs
 import trio
 
+from osufs import prefetch as prefetcher
+from osufs.archive import Limits
+from osufs.cache import cache, size_option
+from osufs.config import ConfigError, default_config_path, load_config
 from osufs.library import READ_AHEAD_SETS
 from osufs.mount import MountConfig, run_mount
 from osufs.sources import SourceSpec
@@ -70,9 +76,27 @@ def default_cache_dir() -> Path:
 
 
 @click.group()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"TOML settings; flags override them. [default: {default_config_path()}]",
+)
 @click.version_option(package_name="osufs")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context, config_path: Path | None) -> None:
     """Mount the osu! beatmap library as a lazy FUSE filesystem."""
+    if config_path is not None and not config_path.is_file():
+        raise click.UsageError(f"no config file at {config_path}")
+    try:
+        settings = load_config(config_path or default_config_path())
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from None
+    # Each command takes the keys it has options for; click ignores the rest.
+    ctx.default_map = {name: settings for name in main.commands}
+
+
+main.add_command(cache)
 
 
 def _parse_sources(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]):
@@ -82,29 +106,94 @@ def _parse_sources(ctx: click.Context, param: click.Parameter, values: tuple[str
         raise click.BadParameter(str(error)) from None
 
 
+LIBRARY_OPTIONS = [
+    click.option(
+        "--source",
+        "sources",
+        multiple=True,
+        callback=_parse_sources,
+        help="kind=URL, tried in the order given: hexide=URL (a Hexide mirror), osu=URL (the "
+        "official site; needs the cookie), url=TEMPLATE (a plain mirror: {id} is the set id, "
+        "{novideo:TEXT} or {novideo:TEXT|ELSE} is TEXT with --no-video and ELSE, or nothing, "
+        "without; e.g. url=https://catboy.best/d/{id}{novideo:n}).",
+    ),
+    click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path)),
+    click.option(
+        "--cache-size",
+        callback=size_option,
+        help="Most bytes of content the cache keeps (like 20G); least recently used sets go "
+        "first. Default: no limit.",
+    ),
+    click.option(
+        "--cookie-file",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        help="File holding the osu! session cookie (mode 600). Or set OSUFS_COOKIE.",
+    ),
+    click.option(
+        "--no-video",
+        is_flag=True,
+        help="Ask sources for archives without video: /download/novid (hexide), ?noVideo=1 "
+        "(osu), the {novideo:...} part of a url= template.",
+    ),
+    click.option(
+        "--fetch-timeout",
+        type=click.FloatRange(min=1),
+        default=120.0,
+        show_default=True,
+        help="Seconds a read may wait for the network before it fails with EIO; a source "
+        "silent for half the time left (30 s at most) is passed over for the next.",
+    ),
+    click.option(
+        "--max-member-size",
+        callback=size_option,
+        help="Largest file a set may hold (like 512M); a larger one fails with EFBIG, "
+        "unread. [default: 512M]",
+    ),
+    click.option(
+        "--max-ratio",
+        type=click.IntRange(min=1),
+        help="Highest compression ratio of a file over 4 MiB; a higher one is taken for a "
+        "zip bomb and fails with EFBIG, unread. [default: 200]",
+    ),
+    click.option("--debug", is_flag=True),
+]
+
+
+def library_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options every command that reaches the sources and the cache shares."""
+    for option in reversed(LIBRARY_OPTIONS):
+        command = option(command)
+    return command
+
+
+def library_config(
+    sources: list[SourceSpec],
+    cache_dir: Path | None,
+    cookie_file: Path | None,
+    no_video: bool,
+    fetch_timeout: float,
+    debug: bool,
+    max_member_size: int | None = None,
+    max_ratio: int | None = None,
+    **settings: Any,
+) -> MountConfig:
+    """A MountConfig from the shared options, with logging set up (the cookie redacted)."""
+    cookie = read_cookie(cookie_file)
+    setup_logging(debug, cookie)
+    return MountConfig(
+        cache_dir=cache_dir or default_cache_dir(),
+        sources=sources,
+        cookie=cookie,
+        no_video=no_video,
+        fetch_timeout=fetch_timeout,
+        limits=Limits().overridden(max_member_size, max_ratio),
+        **settings,
+    )
+
+
 @main.command()
 @click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--source",
-    "sources",
-    multiple=True,
-    callback=_parse_sources,
-    help="kind=URL, tried in the order given: hexide=URL, osu=URL, url=TEMPLATE with {id}.",
-)
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--cookie-file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="File holding the osu! session cookie (mode 600). Or set OSUFS_COOKIE.",
-)
-@click.option("--no-video", is_flag=True, help="Ask sources for archives without video.")
-@click.option(
-    "--fetch-timeout",
-    type=click.FloatRange(min=1),
-    default=120.0,
-    show_default=True,
-    help="Seconds a read may wait for the network before it fails with EIO.",
-)
+@library_options
 @click.option("--offline", is_flag=True, help="Serve only what is cached; never use the network.")
 @click.option("--allow-other", is_flag=True, help="Let other users see the mount.")
 @click.option(
@@ -115,42 +204,31 @@ def _parse_sources(ctx: click.Context, param: click.Parameter, values: tuple[str
     help="Sets whose .osu files are fetched ahead of a scan (0: off).",
 )
 @click.option("--foreground", "-f", is_flag=True, help="Stay attached; Ctrl-C unmounts.")
-@click.option("--debug", is_flag=True)
 @click.option("--ready-fd", type=int, hidden=True)
 def mount(
     mountpoint: Path,
-    sources: list[SourceSpec],
-    cache_dir: Path | None,
-    cookie_file: Path | None,
-    no_video: bool,
-    fetch_timeout: float,
     offline: bool,
     allow_other: bool,
     read_ahead: int,
     foreground: bool,
-    debug: bool,
     ready_fd: int | None,
+    **options: Any,
 ) -> None:
     """Mount the library at MOUNTPOINT."""
     if not mountpoint.is_dir():
         raise click.UsageError(f"{mountpoint} is not a directory")
-    if not sources and not offline:
+    if not options["sources"] and not offline:
         raise click.UsageError("give at least one --source (or --offline to serve the cache)")
-    cookie = read_cookie(cookie_file)
+    read_cookie(options["cookie_file"])  # refuse a readable cookie file before detaching
     if not foreground:
         _mount_in_background(mountpoint)
         return
-    setup_logging(debug, cookie)
-    config = MountConfig(
+    config = library_config(
         mountpoint=mountpoint,
-        cache_dir=cache_dir or default_cache_dir(),
-        sources=sources,
-        cookie=cookie,
-        no_video=no_video,
-        fetch_timeout=fetch_timeout,
         offline=offline,
         allow_other=allow_other,
         read_ahead=read_ahead,
+        **options,
     )
 
     def ready() -> None:
@@ -159,6 +237,76 @@ def mount(
             os.close(ready_fd)
 
     trio.run(run_mount, config, ready)
+
+
+@main.command()
+@click.argument("ids", nargs=-1, required=True)
+@library_options
+@click.option("--only", type=click.Choice(["osu"]), help="Only the .osu files of each set.")
+@click.option("--all", "whole", is_flag=True, help="Whole sets (the default).")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
+def prefetch(
+    ids: tuple[str, ...], only: str | None, whole: bool, concurrency: int, **options: Any
+) -> None:
+    """Fill the cache ahead of use: IDS are set ids and ranges like 1-5000."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    if only and whole:
+        raise click.UsageError("--only osu and --all exclude each other")
+    try:
+        wanted = prefetcher.parse_ids(ids)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="IDS") from None
+    config = library_config(**options)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[moved]}  {task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("sets", total=len(wanted), moved="0 B", rate="")
+        started = time.monotonic()
+
+        def show(tally: prefetcher.PrefetchTally) -> None:
+            done = tally.fetched + tally.cached + tally.missing + tally.failed
+            rate = tally.bytes / max(time.monotonic() - started, 1e-3)
+            progress.update(task, completed=done, moved=_size(tally.bytes), rate=f"{_size(rate)}/s")
+
+        try:
+            tally = trio.run(
+                partial(
+                    prefetcher.prefetch,
+                    config,
+                    wanted,
+                    only_osu=only == "osu",
+                    concurrency=concurrency,
+                    on_progress=show,
+                )
+            )
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted; what was fetched is kept") from None
+    click.echo(
+        f"{tally.fetched} fetched, {tally.cached} already cached, {tally.missing} missing, "
+        f"{tally.failed} failed, {_size(tally.bytes)} moved"
+    )
+    if tally.failed:
+        sys.exit(1)
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
 
 
 def _mount_in_background(mountpoint: Path) -> None:

@@ -215,8 +215,7 @@ class Operations(pyfuse3.Operations):
         set_id, index = split_inode(inode)
         if inode == ROOT or index in (0, ALIAS):
             raise OsufsError(errno.EISDIR, "not a file")
-        path = await self.library.open_member(set_id, index)
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = await self.library.open_file(set_id, index)
         # Contents never change: the page cache may keep them across opens.
         return pyfuse3.FileInfo(fh=fd, keep_cache=True)
 
@@ -226,7 +225,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def release(self, fh: int) -> None:
-        os.close(fh)
+        self.library.close_file(fh)
 
     @fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import os
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Hashable
@@ -45,6 +46,8 @@ LOCAL_HEADER_SLACK = 1024
 FIRST_TAIL = 16 << 10
 # Sets whose .osu files are fetched ahead of a reader scanning the library in order.
 READ_AHEAD_SETS = 8
+# A member refused (bad CRC, cut-off body) is tried again after this many seconds.
+BAD_MEMBER_RETRY = 600.0
 
 
 @dataclass
@@ -82,8 +85,11 @@ class Flights:
         except trio.TooSlowError:
             flight.error = OsufsError.io(f"{key}: no answer within {self._timeout:g} s")
         except Exception as error:
-            log.exception("fetching %s failed", key)
-            flight.error = OsufsError.io(f"{key}: {error}")
+            if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+                flight.error = OsufsError(errno.ENOSPC, f"{key}: the cache's disk is full")
+            else:
+                log.exception("fetching %s failed", key)
+                flight.error = OsufsError.io(f"{key}: {error}")
         except BaseException:
             flight.error = OsufsError.io(f"{key}: interrupted")
             raise
@@ -91,7 +97,7 @@ class Flights:
             del self._running[key]
             flight.done.set()
         if flight.error is not None:
-            log.warning("%s", flight.error)
+            _warn_once(str(flight.error))
 
 
 class Library:
@@ -115,10 +121,11 @@ class Library:
         self._flights = Flights(nursery, fetch_timeout)
         self.read_ahead = read_ahead
         self._remotes: dict[int, RemoteArchive] = {}
-        self._bad_members: dict[tuple[int, int], OsufsError] = {}
+        self._bad_members: dict[tuple[int, int], tuple[OsufsError, float]] = {}
         self._nursery = nursery
         self._warm_pool = trio.CapacityLimiter(max(1, read_ahead))
         self._warmed: set[int] = set()
+        self._open_files: dict[int, int] = {}  # descriptor -> set id
 
     # the root
 
@@ -168,10 +175,13 @@ class Library:
             entry = listing.entries[index]
             if entry.is_dir or not entry.name.lower().endswith(".osu"):
                 continue
-            path = await self.member_file(set_id, index)
+            try:
+                path = await self.member_file(set_id, index)
+            except OsufsError:
+                continue  # a refused .osu (bad CRC, encrypted) must not make the set unreachable
             meta = parse_osu(await trio.Path(path).read_bytes())
             return set_folder_name(set_id, meta.artist, meta.title)
-        return str(set_id)
+        return set_folder_name(set_id, "", "")  # never the bare id: that is the symlink
 
     # set listings
 
@@ -197,7 +207,8 @@ class Library:
 
     async def _reach(self, set_id: int) -> RemoteArchive | None:
         failures: list[OsufsError] = []
-        for source in self._available_sources():
+        available = self._available_sources()
+        for source in available:
             path, sink = self.store.new_temp()
             try:
                 with sink:
@@ -207,12 +218,12 @@ class Library:
                     return None
                 tail = await trio.Path(path).read_bytes()
                 if self.store.listing_get(set_id) is None:
-                    listing = await self._listing_from_tail(remote, tail)
-                    self.store.listing_put(set_id, listing)
+                    await self._store_listing_from_tail(remote, tail)
                 self._remotes[set_id] = remote
                 return remote
             except SourceLimited as error:
                 source.limited_until = error.until
+                log.info("set %d: %s; trying the next source", set_id, error)
                 failures.append(error)
             except ArchiveError as error:
                 failures.append(OsufsError.io(f"{source.label}: set {set_id}: {error}"))
@@ -220,16 +231,27 @@ class Library:
                 failures.append(error)
             finally:
                 path.unlink(missing_ok=True)
-        raise self._give_up(set_id, failures)
+        raise self._give_up(set_id, failures, skipped=len(self.sources) - len(available))
 
-    def _give_up(self, set_id: int, failures: list[OsufsError]) -> OsufsError:
+    def _give_up(self, set_id: int, failures: list[OsufsError], skipped: int = 0) -> OsufsError:
+        """The error for a set no source served; fails at once, never waits for a limit."""
         if not failures:
             soonest = min((s.limited_until for s in self.sources), default=0.0)
             when = time.strftime("%H:%M:%S", time.localtime(soonest))
-            return OsufsError.io(f"set {set_id}: every source is rate limited until {when}")
+            return OsufsError.io(
+                f"set {set_id}: every source is rate limited; the first is free again at {when}"
+            )
         for error in failures:
             log.info("set %d: %s", set_id, error)
-        if all(isinstance(error, SourceMissing) for error in failures):
+        if skipped:
+            # A rate-limited source was not asked, so "missing" is not known yet.
+            now = time.time()
+            soonest = min(
+                (s.limited_until for s in self.sources if s.limited_until > now), default=now
+            )
+            when = time.strftime("%H:%M:%S", time.localtime(soonest))
+            failures = [*failures, OsufsError.io(f"the others are rate limited until {when}")]
+        elif all(isinstance(error, SourceMissing) for error in failures):
             self.store.negative_put(set_id, time.time() + NEGATIVE_TTL)
             return OsufsError.not_found(f"set {set_id} does not exist at any source")
         refused = [error for error in failures if error.errno == errno.EACCES]
@@ -242,15 +264,20 @@ class Library:
         now = time.time()
         return [source for source in self.sources if source.limited_until <= now]
 
-    async def _listing_from_tail(self, remote: RemoteArchive, tail: bytes) -> SetListing:
+    async def _store_listing_from_tail(self, remote: RemoteArchive, tail: bytes) -> None:
+        """Read the central directory and store the set's listing.
+
+        When names need a legacy code page, the .osu files decide it; they are fetched for
+        that and kept, since a reader will want them next.
+        """
         try:
-            offset, size, _count = archive.find_central_directory(tail, remote.size)
+            offset, size, _count = archive.find_central_directory(tail, remote.size, self.limits)
         except ArchiveError:
             longest = min(archive.TAIL_BYTES, remote.size)
             if len(tail) >= longest:
                 raise
             tail = await remote.read(remote.size - longest, longest - len(tail)) + tail
-            offset, size, _count = archive.find_central_directory(tail, remote.size)
+            offset, size, _count = archive.find_central_directory(tail, remote.size, self.limits)
         tail_start = remote.size - len(tail)
         if offset >= tail_start:
             directory = tail[offset - tail_start : offset - tail_start + size]
@@ -259,11 +286,27 @@ class Library:
         members = archive.parse_central_directory(directory, self.limits)
         archive.check_offsets(members, offset)
         references: list[str] = []
+        fetched: dict[int, bytes] = {}
         if _needs_references(members):
-            for member in _osu_members(members):
-                data = await self._read_remote_member(remote, member)
-                references += referenced_files(parse_osu(data))
-        return build_listing(members, references, log)
+            for number in _osu_members(members):
+                try:
+                    fetched[number] = await self._read_remote_member(remote, members[number])
+                except MemberError:
+                    continue  # refused when read; it cannot name files anyway
+                references += referenced_files(parse_osu(fetched[number]))
+        listing = self.store.listing_put(remote.set_id, build_listing(members, references, log))
+        blobs = [
+            await trio.to_thread.run_sync(
+                self._write_member,
+                remote.set_id,
+                index,
+                _reader(fetched[entry.member]),
+                _stored(listing.members[entry.member]),
+            )
+            for index, entry in enumerate(listing.entries)
+            if entry.member in fetched
+        ]
+        await trio.to_thread.run_sync(self.store.commit_blobs, blobs)
 
     def _ingest_archive(self, set_id: int, path: Path) -> None:
         """Check a whole downloaded archive and move every member into the store (blocking)."""
@@ -273,8 +316,12 @@ class Library:
             if listing is None:
                 references: list[str] = []
                 if _needs_references(members):
-                    for member in _osu_members(members):
-                        data = _inflate(_local_reader(file, member), member, self.limits)
+                    for number in _osu_members(members):
+                        member = members[number]
+                        try:
+                            data = _inflate(_local_reader(file, member), member, self.limits)
+                        except MemberError:
+                            continue
                         references += referenced_files(parse_osu(data))
                 listing = build_listing(members, references, log)
                 listing = self.store.listing_put(set_id, listing)
@@ -316,27 +363,70 @@ class Library:
 
     def _note_bad_member(self, set_id: int, index: int, error: MemberError) -> None:
         log.warning("set %d: member %d refused: %s", set_id, index, error)
-        self._bad_members[(set_id, index)] = OsufsError(error.errno, str(error))
+        until = time.monotonic() + BAD_MEMBER_RETRY
+        self._bad_members[(set_id, index)] = (OsufsError(error.errno, str(error)), until)
+
+    def _bad_member(self, set_id: int, index: int) -> OsufsError | None:
+        """A member refused recently; after a while it is tried again (a read may have been
+        garbled on the way)."""
+        found = self._bad_members.get((set_id, index))
+        if found is None:
+            return None
+        if found[1] <= time.monotonic():
+            del self._bad_members[(set_id, index)]
+            return None
+        return found[0]
 
     # member files
 
     async def open_member(self, set_id: int, index: int) -> Path:
         """member_file for a reader: a .osu read also starts reading ahead of a scan."""
         path = await self.member_file(set_id, index)
-        # Only where ranges work: reading ahead must never download whole archives.
-        if self.read_ahead and set_id not in self._warmed and set_id in self._remotes:
+        # Only where ranges work (reading ahead must never download whole archives) and the
+        # source has no allowance a guess could waste.
+        remote = self._remotes.get(set_id)
+        if self.read_ahead and set_id not in self._warmed and remote and not remote.source.metered:
             listing = self.store.listing_get(set_id)
             if listing is not None and _is_osu(listing.entries[index].name):
                 self._start_read_ahead(set_id)
         return path
+
+    async def open_file(self, set_id: int, index: int) -> int:
+        """A read-only descriptor of a member's content file, its set counted as open (so
+        eviction spares it) until close_file. A file evicted by another mount between the index
+        lookup and the open is fetched again."""
+        usage = self.store.usage
+        usage.opened(set_id)
+        try:
+            usage.access(set_id, hit=self.store.blob_path(set_id, index) is not None)
+            for _attempt in range(3):
+                path = await self.open_member(set_id, index)
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    await trio.to_thread.run_sync(self.store.drop_missing, set_id, index, path)
+                    continue
+                self._open_files[fd] = set_id
+                return fd
+            raise OsufsError.io(f"set {set_id}: member {index}: its cached file keeps vanishing")
+        except BaseException:
+            usage.closed(set_id)
+            raise
+
+    def close_file(self, fd: int) -> None:
+        set_id = self._open_files.pop(fd, None)
+        os.close(fd)
+        if set_id is not None:
+            self.store.usage.closed(set_id)
 
     async def member_file(self, set_id: int, index: int) -> Path:
         """The local file holding one member's bytes, fetched if need be."""
         path = self.store.blob_path(set_id, index)
         if path is not None:
             return path
-        if (set_id, index) in self._bad_members:
-            raise self._bad_members[(set_id, index)]
+        bad = self._bad_member(set_id, index)
+        if bad is not None:
+            raise bad
         if self.offline:
             raise OsufsError.io(f"set {set_id}: member {index} is not cached (offline)")
         listing = await self.listing(set_id)
@@ -345,32 +435,52 @@ class Library:
             archive.check_member(member, self.limits)
         except MemberError as error:
             self._note_bad_member(set_id, index, error)
-            raise self._bad_members[(set_id, index)] from None
+            raise self._bad_members[(set_id, index)][0] from None
         await self._flights.run(
             ("member", set_id, index), lambda: self._materialise(set_id, listing, index, member)
         )
         path = self.store.blob_path(set_id, index)
         if path is None:
-            raise self._bad_members.get(
-                (set_id, index), OsufsError.io(f"set {set_id}: member {index} unavailable")
+            raise self._bad_member(set_id, index) or OsufsError.io(
+                f"set {set_id}: member {index} unavailable"
             )
         return path
 
     async def _materialise(
         self, set_id: int, listing: SetListing, index: int, member: ZipMember
     ) -> None:
-        """Fetch one member by the cheapest way a source offers."""
-        if _is_osu(listing.entries[index].name) and await self._from_metadata_tier(
-            set_id, listing.path(index), index, member
+        """Fetch one member by the cheapest way a source offers.
+
+        A set already reached by ranges in this session serves its members compressed, in one
+        request each. Otherwise a .osu comes from the metadata tier when a source has one, which
+        never touches the archive's host (the official site counts every archive it hands out).
+        """
+        if (
+            set_id not in self._remotes
+            and _is_osu(listing.entries[index].name)
+            and await self._from_metadata_tier(set_id, listing.path(index), index, member)
         ):
             return
         remote = await self._connect(set_id)
         if remote is None:
             return  # the source sent the whole archive, now ingested
+        try:
+            await self._read_member(remote, index, member)
+        except OsufsError as error:
+            if error.errno == errno.EACCES or self._remotes.get(set_id) is not remote:
+                raise
+            # A file host's signed link may have expired: ask the source again, once.
+            log.info("set %d: %s; asking %s again", set_id, error, remote.source.label)
+            del self._remotes[set_id]
+            remote = await self._connect(set_id)
+            if remote is not None:
+                await self._read_member(remote, index, member)
+
+    async def _read_member(self, remote: RemoteArchive, index: int, member: ZipMember) -> None:
         if member.compressed_size <= RANGED_MEMBER_LIMIT:
             await self._fetch_member(remote, index, member)
         else:
-            await self._flights.run(("archive", set_id), lambda: self._download(remote))
+            await self._flights.run(("archive", remote.set_id), lambda: self._download(remote))
 
     async def _from_metadata_tier(
         self, set_id: int, path: str, index: int, member: ZipMember
@@ -398,6 +508,37 @@ class Library:
             await trio.to_thread.run_sync(self.store.commit_blobs, [blob])
             return True
         return False
+
+    async def prefetch(self, set_id: int, *, only_osu: bool) -> bool:
+        """Fill the cache with a set (or only its .osu files); False if it was all there."""
+        listing = self.store.listing_get(set_id)
+        if listing is not None and not self._missing(set_id, listing, only_osu):
+            return False
+        await self.resolve(set_id)
+        listing = await self.listing(set_id)
+        missing = self._missing(set_id, listing, only_osu)
+        if not missing:
+            return True
+        remote = await self._connect(set_id)
+        if remote is None:
+            return True  # the whole archive came and was ingested
+        if only_osu:
+            for index in missing:
+                await self.member_file(set_id, index)
+        else:
+            await self._flights.run(("archive", set_id), lambda: self._download(remote))
+        return True
+
+    def _missing(self, set_id: int, listing: SetListing, only_osu: bool) -> list[int]:
+        cached = self.store.cached_entries(set_id)
+        return [
+            index
+            for index, entry in enumerate(listing.entries)
+            if not entry.is_dir
+            and (not only_osu or _is_osu(entry.name))
+            and index not in cached
+            and self._bad_member(set_id, index) is None
+        ]
 
     def _start_read_ahead(self, set_id: int) -> None:
         """Fetch the .osu files of this set and the next few, as a scan will want them."""
@@ -448,16 +589,25 @@ class Library:
         path, sink = self.store.new_temp()
         try:
             with sink:
-                async with remote.source.stream(
-                    "GET", remote.url, remote.source.download_headers(remote.set_id)
-                ) as response:
-                    async for chunk in response.aiter_raw(1 << 16):
-                        sink.write(chunk)
-            if path.stat().st_size != remote.size:
-                raise OsufsError.io(f"set {remote.set_id}: download ended early")
+                # Checked there: length, HTML, and the source's own hashes when it has them.
+                await remote.source.download_whole(remote.set_id, remote.url, sink, remote.size)
             await trio.to_thread.run_sync(self._ingest_archive, remote.set_id, path)
         finally:
             path.unlink(missing_ok=True)
+
+
+_warned: dict[str, float] = {}
+WARN_INTERVAL = 60.0
+
+
+def _warn_once(message: str) -> None:
+    """Log a failure once a minute, however many readers and nested fetches it reaches."""
+    now = time.monotonic()
+    if now - _warned.get(message, -WARN_INTERVAL) >= WARN_INTERVAL:
+        _warned[message] = now
+        log.warning("%s", message)
+        if len(_warned) > 4096:
+            _warned.clear()
 
 
 def _reader(data: bytes) -> Callable[[int], bytes]:
@@ -516,5 +666,11 @@ def _needs_references(members: list[ZipMember]) -> bool:
     return False
 
 
-def _osu_members(members: list[ZipMember]) -> list[ZipMember]:
-    return [m for m in members if m.raw_name.lower().endswith(b".osu") and m.size <= 4 << 20][:64]
+def _osu_members(members: list[ZipMember]) -> list[int]:
+    """Indexes of the .osu members worth reading to choose a code page (bounded work)."""
+    return [
+        number
+        for number, m in enumerate(members)
+        # The compressed size too: it is read into memory before inflating can refuse it.
+        if m.raw_name.lower().endswith(b".osu") and max(m.size, m.compressed_size) <= 4 << 20
+    ][:64]

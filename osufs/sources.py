@@ -179,6 +179,8 @@ class Source:
     kind = "url"
     # Seconds a 429 without Retry-After keeps this source aside.
     limit_default = LIMIT_DEFAULT
+    # Whether every set reached spends a scarce allowance (then nothing is fetched speculatively).
+    metered = False
 
     def __init__(self, client: httpx.AsyncClient, base: str, *, no_video: bool = False) -> None:
         self.client = client
@@ -460,6 +462,7 @@ class OsuSiteSource(Source):
     """
 
     kind = "osu"
+    metered = True
     limit_default = OSU_LIMIT_DEFAULT
 
     def __init__(

@@ -128,3 +128,39 @@ def mounted(
         yield mount
     finally:
         mount.unmount()
+
+
+class ThreadedApp:
+    """An ASGI app served by hypercorn on loopback from a thread with its own trio loop."""
+
+    def __init__(self, app: object) -> None:
+        import threading
+
+        import trio
+
+        from osufs.server import serve_app
+
+        self._ready = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._scope: trio.CancelScope | None = None
+
+        async def run() -> None:
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                self._token = trio.lowlevel.current_trio_token()
+                async with trio.open_nursery() as nursery:
+                    self.port = await nursery.start(serve_app, app, "127.0.0.1", 0)
+                    self._ready.set()
+
+        self._thread = threading.Thread(target=trio.run, args=(run,), daemon=True)
+        self._thread.start()
+        if not self._ready.wait(STARTUP):
+            raise RuntimeError("test server did not start")
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        import trio
+
+        if self._token is not None and self._scope is not None:
+            trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
+        self._thread.join(10)

@@ -1,0 +1,111 @@
+"""`osufs prefetch`: fill the cache ahead of use, a bounded pool of sets at a time.
+
+Resumable by construction: a set whose wanted members are all cached is skipped without a
+request. Interrupting it leaves only whole, committed members: partial downloads live in the
+store's temporary directory, which is removed on exit (or at the next start after a crash).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import trio
+
+from osufs.errors import OsufsError
+from osufs.library import Library
+from osufs.mount import MountConfig, open_library
+
+log = logging.getLogger(__name__)
+
+
+def parse_ids(specs: Iterable[str]) -> list[int]:
+    """Set ids from `123`, `1-5000` and comma-separated lists of those, in order, once each."""
+    ids: dict[int, None] = {}
+    for spec in specs:
+        for part in filter(None, spec.split(",")):
+            first, sep, last = part.partition("-")
+            if not first.isdigit() or (sep and not last.isdigit()):
+                raise ValueError(f"not a set id or range: {part!r}")
+            low, high = int(first), int(last) if sep else int(first)
+            if low < 1 or high < low:
+                raise ValueError(f"empty or invalid range: {part!r}")
+            ids.update(dict.fromkeys(range(low, high + 1)))
+    return list(ids)
+
+
+@dataclass
+class PrefetchTally:
+    fetched: int = 0
+    cached: int = 0
+    missing: int = 0
+    failed: int = 0
+    bytes: int = 0
+
+
+async def prefetch(
+    config: MountConfig,
+    ids: list[int],
+    *,
+    only_osu: bool,
+    concurrency: int,
+    on_progress: Callable[[PrefetchTally], None],
+) -> PrefetchTally:
+    tally = PrefetchTally()
+    async with open_library(config) as library:
+        send, receive = trio.open_memory_channel[int](0)
+        async with trio.open_nursery() as workers:
+            for _ in range(concurrency):
+                workers.start_soon(_worker, library, receive.clone(), only_osu, tally, on_progress)
+            receive.close()
+            async with send:
+                for set_id in ids:
+                    await send.send(set_id)
+    return tally
+
+
+async def _worker(
+    library: Library,
+    receive: trio.MemoryReceiveChannel[int],
+    only_osu: bool,
+    tally: PrefetchTally,
+    on_progress: Callable[[PrefetchTally], None],
+) -> None:
+    async with receive:
+        async for set_id in receive:
+            await _prefetch_one(library, set_id, only_osu, tally)
+            tally.bytes = sum(source.bytes_received for source in library.sources)
+            on_progress(tally)
+
+
+async def _prefetch_one(library: Library, set_id: int, only_osu: bool, tally: PrefetchTally):
+    """One set; while sources are rate limited or paced, wait for them rather than fail."""
+    while True:
+        try:
+            fetched = await library.prefetch(set_id, only_osu=only_osu)
+        except OsufsError as error:
+            if error.errno == errno.ENOENT:
+                tally.missing += 1
+                return
+            free_at = _soonest_free(library)
+            if free_at is None:
+                tally.failed += 1  # the library logged why
+                return
+            log.info("set %d waits until %s for a source's limit", set_id, time.ctime(free_at))
+            await trio.sleep_until(trio.current_time() + free_at - time.time())
+            continue
+        if fetched:
+            tally.fetched += 1
+        else:
+            tally.cached += 1
+        return
+
+
+def _soonest_free(library: Library) -> float | None:
+    """When the first rate-limited source is free again; None when none is limited."""
+    now = time.time()
+    limited = [source.limited_until for source in library.sources if source.limited_until > now]
+    return min(limited) if limited else None
