@@ -171,11 +171,8 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        if inode != ROOT:
-            set_id, index = split_inode(inode)
-            listing = await self.library.listing(set_id)
-            if index >= len(listing.entries) or not listing.entries[index].is_dir:
-                raise OsufsError(errno.ENOTDIR, f"inode {inode} is not a directory")
+        # Free: the kernel opens only what lookup called a directory, and tools that open
+        # every set folder (fuse-overlayfs, file managers) must not fetch anything. readdir does.
         return inode
 
     @fuse_errors
