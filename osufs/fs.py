@@ -35,6 +35,7 @@ ALIAS = ENTRY_MASK  # entry number of the bare-id symlink
 TIMEOUT = 86400.0
 ROOT_PAGE = 512
 BLOCK = 4096
+XATTRS = (b"user.osufs.set_id", b"user.osufs.cached", b"user.osufs.source")
 _BARE_ID = re.compile(rb"[1-9][0-9]{0,9}")
 _LEADING_ID = re.compile(rb"([1-9][0-9]{0,9}) ")
 
@@ -226,15 +227,40 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        """df shows the cache: its size is the budget (or the cache's disk), used is what it
+        holds, available is what it may still take; files are the sets listed."""
+        store = self.library.store
+        disk = os.statvfs(store.root)
+        used = store.content_bytes()
+        room = disk.f_bavail * disk.f_frsize
+        if store.budget is not None:
+            room = max(0, min(room, store.budget - used))
         data = pyfuse3.StatvfsData()
-        cache = os.statvfs(self.library.store.root)
         data.f_bsize = data.f_frsize = BLOCK
-        data.f_blocks = cache.f_blocks * cache.f_frsize // BLOCK
-        data.f_bfree = data.f_bavail = 0
-        data.f_files = self.library.store.catalogue_count()
+        data.f_blocks = (used + room) // BLOCK
+        data.f_bfree = data.f_bavail = room // BLOCK
+        data.f_files = store.catalogue_count()
         data.f_ffree = data.f_favail = 0
         data.f_namemax = 255
         return data
+
+    # extended attributes, for file managers
+
+    @fuse_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return [] if inode == ROOT or split_inode(inode)[1] == ALIAS else list(XATTRS)
+
+    @fuse_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        set_id, index = split_inode(inode)
+        if inode == ROOT or index == ALIAS or name not in XATTRS:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        if name == b"user.osufs.set_id":
+            return str(set_id).encode()
+        if name == b"user.osufs.source":
+            record = self.library.store.catalogue_get(set_id)
+            return (record.source if record else "").encode()
+        return self.library.cached_state(set_id, index).encode()
 
     # everything that would write
 

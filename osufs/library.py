@@ -540,6 +540,22 @@ class Library:
             and self._bad_member(set_id, index) is None
         ]
 
+    def cached_state(self, set_id: int, index: int) -> str:
+        """`yes`, `no` or (for a folder) `partly`: whether reading it needs the network."""
+        listing = self.store.listing_get(set_id)
+        if listing is None:
+            return "no"
+        if not listing.entries[index].is_dir:
+            return "yes" if self.store.blob_path(set_id, index) is not None else "no"
+        prefix = "" if index == 0 else listing.path(index) + "/"
+        files = [
+            i
+            for i, entry in enumerate(listing.entries)
+            if not entry.is_dir and listing.path(i).startswith(prefix)
+        ]
+        cached = self.store.cached_entries(set_id).intersection(files)
+        return "yes" if len(cached) == len(files) else "partly" if cached else "no"
+
     def _start_read_ahead(self, set_id: int) -> None:
         """Fetch the .osu files of this set and the next few, as a scan will want them."""
         upcoming = [set_id] + [n for n, _ in self.store.catalogue_page(set_id, self.read_ahead)]
