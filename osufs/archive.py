@@ -2,7 +2,10 @@
 
 Every byte is treated as hostile: each length and offset is bounds-checked before use, and
 inflating is streamed with output capped at the member's declared size. Multi-disk archives
-and archives with data prepended (self-extracting stubs) are refused.
+and archives with data prepended (self-extracting stubs) are refused. `Limits` bounds what an
+archive may claim (member and total sizes, ratio, member count, directory size); a member that
+breaks a rule is refused alone (MemberError), while ArchiveError fails the whole set. The rules
+and their reasons are in docs/archives.md.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ import errno
 import struct
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 __all__ = [
+    "FLAG_LOST_ZIP64",
     "LOCAL_HEADER_SIZE",
     "TAIL_BYTES",
     "ArchiveError",
@@ -75,6 +79,22 @@ class Limits:
     ratio_min_size: int = 4 << 20
     # The classic zip format's entry limit; storyboard-heavy sets have a few thousand files.
     max_members: int = 65_535
+    # The central directory is read into memory whole: 65,535 entries with 255-byte names and
+    # the usual extra fields take about 22 MB, so a larger one is not a beatmap set.
+    max_directory_size: int = 32 << 20
+
+    def overridden(
+        self, max_member_size: int | None = None, max_ratio: int | None = None
+    ) -> Limits:
+        """These limits with the user's choices (None keeps a default); the total a set may
+        declare grows with the member limit, so one allowed member always fits."""
+        limits = self
+        if max_member_size is not None:
+            total = max(self.max_total_size, max_member_size)
+            limits = replace(limits, max_member_size=max_member_size, max_total_size=total)
+        if max_ratio is not None:
+            limits = replace(limits, max_ratio=max_ratio)
+        return limits
 
 
 _EOCD_SIG = b"PK\x05\x06"
@@ -97,12 +117,19 @@ TAIL_BYTES = _EOCD.size + 0xFFFF + _LOC64.size + _EOCD64.size
 _CHUNK = 256 << 10
 _FLAG_ENCRYPTED = 0x0001 | 0x0040  # traditional and strong encryption
 _FLAG_UTF8 = 0x0800
+# Not a zip flag (those are 16 bits): set on a member whose 0xFFFFFFFF sizes or offset have no
+# zip64 value, so that member alone is refused and the rest of the set stays readable.
+FLAG_LOST_ZIP64 = 1 << 16
 _ZIP_EPOCH_NS = calendar.timegm((1980, 1, 1, 0, 0, 0)) * 1_000_000_000
 
 
-def find_central_directory(tail: bytes, archive_size: int) -> tuple[int, int, int]:
+def find_central_directory(
+    tail: bytes, archive_size: int, limits: Limits | None = None
+) -> tuple[int, int, int]:
     """(offset, size, entry count) of the central directory, from the archive's last bytes.
-    zip64 included: a locator just before the end record leads to the zip64 end record."""
+    zip64 included: a locator just before the end record leads to the zip64 end record.
+    ArchiveError when the directory is larger, or has more entries, than `limits` allow."""
+    limits = limits or Limits()
     if len(tail) > archive_size:
         raise ArchiveError("tail longer than the archive")
     base = archive_size - len(tail)
@@ -120,9 +147,16 @@ def find_central_directory(tail: bytes, archive_size: int) -> tuple[int, int, in
     error = ArchiveError("no usable end of central directory record")
     for pos in exact + others:
         try:
-            return _resolve_end(tail, base, pos)
+            offset, size, count = _resolve_end(tail, base, pos)
         except ArchiveError as exc:
             error = exc
+            continue
+        # Checked before anyone reads the directory: its size is the archive's own claim.
+        if size > limits.max_directory_size:
+            raise ArchiveError(f"central directory of {size} bytes, over the limit")
+        if count > limits.max_members:
+            raise ArchiveError(f"{count} members, more than {limits.max_members}")
+        return offset, size, count
     raise error
 
 
@@ -183,7 +217,10 @@ def parse_central_directory(data: bytes, limits: Limits) -> list[ZipMember]:
                 # Unsigned, so archives made after 2038 keep a sensible time.
                 mtime_ns = int.from_bytes(body[1:5], "little") * 1_000_000_000
         if 0xFFFFFFFF in (size, csize, offset):
-            raise ArchiveError(f"member {name!r} lacks its zip64 sizes")
+            # A broken writer's member: its sizes are unknown, so it is listed empty and
+            # refused by check_member; the other members are unaffected.
+            flags |= FLAG_LOST_ZIP64
+            size = csize = offset = 0
         if size <= limits.max_member_size:
             # Oversized members are refused one by one (check_member); the rest must fit in total.
             total += size
@@ -219,13 +256,12 @@ def _extra_fields(extra: memoryview) -> list[tuple[int, bytes]]:
 
 
 def _zip64_values(body: bytes, size: int, csize: int, offset: int) -> tuple[int, int, int]:
-    # Only the 32-bit fields that overflowed are present, always in this order.
+    # Only the 32-bit fields that overflowed are present, always in this order; one the field
+    # is too short to hold stays 0xFFFFFFFF (and so refuses the member).
     values = [size, csize, offset]
     pos = 0
     for i, value in enumerate(values):
-        if value == 0xFFFFFFFF:
-            if pos + 8 > len(body):
-                raise ArchiveError("zip64 extra field too short")
+        if value == 0xFFFFFFFF and pos + 8 <= len(body):
             values[i] = int.from_bytes(body[pos : pos + 8], "little")
             pos += 8
     return values[0], values[1], values[2]
@@ -250,6 +286,8 @@ def _dos_time_ns(date: int, time: int) -> int:
 def check_offsets(members: Sequence[ZipMember], cd_offset: int) -> None:
     """ArchiveError unless every member's local header and data lie before the central directory."""
     for m in members:
+        if m.flags & FLAG_LOST_ZIP64:
+            continue  # no offset to check; check_member refuses it
         if m.header_offset + LOCAL_HEADER_SIZE + m.compressed_size > cd_offset:
             raise ArchiveError(f"member {m.raw_name!r} lies outside the archive's data")
 
@@ -260,9 +298,7 @@ def read_members(f: BinaryIO, limits: Limits) -> list[ZipMember]:
     tail_len = min(archive_size, TAIL_BYTES)
     f.seek(archive_size - tail_len)
     tail = f.read(tail_len)
-    cd_offset, cd_size, count = find_central_directory(tail, archive_size)
-    if count > limits.max_members:
-        raise ArchiveError(f"{count} members, more than {limits.max_members}")
+    cd_offset, cd_size, _count = find_central_directory(tail, archive_size, limits)
     f.seek(cd_offset)
     data = f.read(cd_size)
     if len(data) != cd_size:
@@ -286,6 +322,8 @@ def check_member(member: ZipMember, limits: Limits) -> None:
     name = member.raw_name
     if member.is_dir:
         raise MemberError(f"{name!r} is a directory", errno.EISDIR)
+    if member.flags & FLAG_LOST_ZIP64:
+        raise MemberError(f"{name!r} has 0xFFFFFFFF sizes or offset but no zip64 values")
     if member.flags & _FLAG_ENCRYPTED:
         raise MemberError(f"{name!r} is encrypted")
     if member.method not in (0, 8):

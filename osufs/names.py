@@ -44,14 +44,15 @@ def _wlen(text: str) -> int:
 
 def set_folder_name(set_id: int, artist: str, title: str, longest_member: int = 0) -> str:
     """The folder "<id> <Artist> - <Title>", cleaned, trimmed and shortened after the id so that
-    C:\\osu!\\Songs\\, the folder, a separator and the longest member fit in 259 characters."""
+    C:\\osu!\\Songs\\, the folder, a separator and the longest member fit in 259 characters.
+    Never the bare id: that name is the set's symlink to its folder."""
     prefix = f"{set_id} "
     rest = clean_filename(f"{artist} - {title}").rstrip(". ")
     budget = _MAX_PATH - len(_SONGS_PREFIX) - 1 - longest_member - len(prefix)
     while rest and _wlen(rest) > budget:
         rest = rest[: max(0, min(len(rest) - 1, budget))].rstrip(". ")
     # Windows drops trailing dots and spaces, so trimming keeps both sides agreeing on the name.
-    return prefix + rest if rest else str(set_id)
+    return prefix + (rest or "-")
 
 
 def case_key(name: str) -> str:

@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from osufs.archive import (
+    FLAG_LOST_ZIP64,
     LOCAL_HEADER_SIZE,
     TAIL_BYTES,
     ArchiveError,
@@ -31,6 +32,7 @@ from osufs.archive import (
     parse_central_directory,
     read_members,
 )
+from tests.hostile import Raw, build_zip
 
 CORPUS = Path("/work/shared/corpus/real")
 REAL = sorted(CORPUS.glob("*.osz"))
@@ -338,3 +340,104 @@ def test_find_arbitrary_tail_raises_only_archive_error(
         except ArchiveError:
             continue
         assert offset >= 0 and offset + size <= len(tail) + extra and count >= 0
+
+
+# Limits on what an archive may claim, and members a broken writer made
+
+
+def test_directory_size_refused_before_reading() -> None:
+    data = make_zip({f"{i}.txt": b"x" for i in range(20)})
+    _, size, count = find_central_directory(data[-TAIL_BYTES:], len(data))
+    assert count == 20
+    with pytest.raises(ArchiveError, match="over the limit"):
+        find_central_directory(data[-TAIL_BYTES:], len(data), Limits(max_directory_size=size - 1))
+    with pytest.raises(ArchiveError, match="20 members, more than 19"):
+        find_central_directory(data[-TAIL_BYTES:], len(data), Limits(max_members=19))
+    # An end record claiming 40 MiB of directory in a file of zeros: refused from the tail alone.
+    end = struct.pack("<4s4HIIH", b"PK\x05\x06", 0, 0, 1, 1, 40 << 20, 0, 0)
+    with pytest.raises(ArchiveError, match="over the limit"):
+        find_central_directory(end, (40 << 20) + len(end))
+
+
+def test_lost_zip64_sizes_refuse_only_that_member() -> None:
+    data = build_zip(
+        [
+            Raw(b"good.txt", b"good"),
+            Raw(b"lost.bin", b"no zip64 field", lost_zip64=True),
+            # Both sizes overflowed, but the zip64 field holds only the first.
+            Raw(
+                b"short.bin", b"short zip64 field", zip64=True, extra=struct.pack("<HHQ", 1, 8, 17)
+            ),
+            Raw(b"zip64.bin", b"honest zip64", zip64=True),
+        ]
+    )
+    f = io.BytesIO(data)
+    good, lost, short, honest = read_members(f, LIMITS)
+    for broken in (lost, short):
+        assert broken.flags & FLAG_LOST_ZIP64 and broken.size == 0
+        with pytest.raises(MemberError, match="zip64") as info:
+            check_member(broken, LIMITS)
+        assert info.value.errno == errno.EIO
+    assert member_bytes(f, good) == b"good"
+    assert member_bytes(f, honest) == b"honest zip64"
+    assert not (good.flags | honest.flags) & FLAG_LOST_ZIP64
+
+
+def test_limits_overridden() -> None:
+    assert Limits().overridden() == Limits()
+    raised = Limits().overridden(max_member_size=2 << 30, max_ratio=50)
+    assert (raised.max_member_size, raised.max_total_size, raised.max_ratio) == (2 << 30,) * 2 + (
+        50,
+    )
+    lowered = Limits().overridden(max_member_size=1 << 20)
+    assert lowered.max_total_size == Limits().max_total_size
+
+
+_RAW_MEMBERS = st.lists(
+    st.builds(
+        Raw,
+        name=st.binary(min_size=1, max_size=30),
+        data=st.binary(max_size=3000) | st.sampled_from([b"", b"\0" * 5000, b"osu! " * 900]),
+        method=st.sampled_from([0, 8]),
+        zip64=st.booleans(),
+    ),
+    max_size=6,
+)
+
+
+@given(_RAW_MEMBERS)
+def test_written_members_read_back(raws: list[Raw]) -> None:
+    f = io.BytesIO(build_zip(raws))
+    members = read_members(f, LIMITS)
+    assert [m.raw_name for m in members] == [r.name for r in raws]
+    for member, raw in zip(members, raws, strict=True):
+        if raw.name.endswith((b"/", b"\\")):
+            with pytest.raises(MemberError) as info:
+                member_bytes(f, member)
+            assert info.value.errno == errno.EISDIR
+        else:
+            assert member_bytes(f, member) == raw.data
+
+
+@given(
+    _RAW_MEMBERS, st.lists(st.tuples(st.integers(0), st.integers(0, 255)), min_size=1, max_size=4)
+)
+def test_damaged_archives_fail_only_with_our_errors(
+    raws: list[Raw], damage: list[tuple[int, int]]
+) -> None:
+    """Whatever bytes are changed, reading raises only ArchiveError or MemberError, and what
+    extracts has exactly the declared size and CRC32."""
+    data = bytearray(build_zip(raws))
+    for position, value in damage:
+        data[position % len(data)] = value
+    f = io.BytesIO(bytes(data))
+    try:
+        members = read_members(f, LIMITS)
+    except ArchiveError:
+        return
+    for member in members:
+        try:
+            out = member_bytes(f, member)
+        except MemberError:
+            continue
+        assert len(out) == member.size and zlib.crc32(out) == member.crc32

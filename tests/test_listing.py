@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from osufs.archive import Limits, ZipMember, read_members
 from osufs.listing import Entry, SetListing, build_listing
-from osufs.names import case_key
+from osufs.names import case_key, decode_names, is_junk, normalise_path
 
 CORPUS = Path("/work/shared/corpus/real")
 
@@ -229,3 +229,31 @@ def test_arbitrary_names_never_crash(raws: list[bytes], references: list[str]) -
     listing = build_listing([member(r, i) for i, r in enumerate(raws)], references, logger)
     check_consistent(listing)
     assert SetListing.from_bytes(listing.to_bytes()) == listing
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=40),
+            st.lists(
+                st.sampled_from([b"a", b"A", b"/", b"\\", b"..", b".", b"\x8c\xa9", b"\0"])
+            ).map(b"".join),
+        ),
+        max_size=25,
+    ),
+    st.lists(st.text(max_size=10), max_size=3),
+)
+def test_every_safe_path_lists_its_last_member(raws: list[bytes], references: list[str]) -> None:
+    """Same path twice (after decoding and normalising): the later member wins, and nothing
+    else is dropped but unsafe names, directories and clutter."""
+    logger = logging.getLogger("test_listing.quiet")
+    logger.disabled = True
+    members = [member(r, i) for i, r in enumerate(raws)]
+    listing = build_listing(members, references, logger)
+    last: dict[str, int] = {}
+    for i, (m, name) in enumerate(zip(members, decode_names(members, references), strict=True)):
+        path = None if m.is_dir else normalise_path(name)
+        if path is not None and not is_junk(path):
+            last[path] = i
+    assert sorted(e.member for e in listing.entries if not e.is_dir) == sorted(last.values())

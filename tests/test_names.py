@@ -49,7 +49,9 @@ def test_set_folder_name_fits_windows_paths(longest: int) -> None:
         assert SONGS + len(folder) + 1 + longest <= 259
         assert folder.startswith("123456 Art")
     else:
-        assert folder == "123456"  # the id is never shortened, even when nothing else fits
+        # The id is never shortened, even when nothing else fits; and the folder is never the
+        # bare id, which names the set's symlink.
+        assert folder == "123456 -"
 
 
 def test_set_folder_name_counts_utf16_units() -> None:
