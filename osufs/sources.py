@@ -11,6 +11,7 @@ import calendar
 import email.utils
 import errno
 import hashlib
+import json
 import logging
 import math
 import random
@@ -72,6 +73,9 @@ COOKIE_MISSING = (
     "--cookie-file, or set OSUFS_COOKIE"
 )
 SET_INFO_CACHE = 256
+# Caps on metadata bodies: a set list of a million sets is about 150 MB.
+MAX_CATALOGUE_JSON = 256 << 20
+MAX_SET_INFO_JSON = 4 << 20
 MAX_OSU_SIZE = 4 << 20
 
 
@@ -222,6 +226,15 @@ class Source:
     async def folder_name(self, set_id: int) -> str | None:
         """The set's folder name from the source's metadata, if it has any."""
         return None
+
+    async def json(self, url: str, limit: int) -> Any:
+        """A JSON document of at most `limit` bytes; anything else is the source's fault."""
+        async with self.stream("GET", url) as response:
+            body = await _read_body(response, limit)
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise OsufsError.io(f"{self.label}: {url} did not answer JSON") from None
 
     async def difficulty_bytes(self, set_id: int, path: str) -> bytes | None:
         """A .osu file's bytes without its archive (the metadata tier), if the source has it."""
@@ -374,17 +387,26 @@ class HexideSource(Source):
         return f"{self.base.rstrip('/')}/beatmaps/{set_id}/{suffix}"
 
     async def catalogue(self) -> list[CatalogueEntry]:
-        async with self.stream("GET", f"{self.base.rstrip('/')}/beatmaps/") as response:
-            await response.aread()
+        items = await self.json(f"{self.base.rstrip('/')}/beatmaps/", MAX_CATALOGUE_JSON)
+        if not isinstance(items, list):
+            raise OsufsError.io(f"{self.label}: the set list is not a list")
         entries = []
-        for item in response.json():
-            set_id = int(item.get("ranked_id") or item["id"])
-            if not item.get("title"):
+        skipped = 0
+        for item in items:
+            try:
+                set_id = int(item.get("ranked_id") or item["id"])
+                named = str(item.get("title") or "")
+            except (AttributeError, KeyError, TypeError, ValueError):
+                skipped += 1
+                continue
+            if set_id < 1 or not named:
                 continue  # no name to show yet; reading the set by its id names it
-            artist, _, title = str(item.get("title", "")).partition(" - ")
+            artist, _, title = named.partition(" - ")
             entries.append(
                 CatalogueEntry(set_id, set_folder_name(set_id, artist, title), _date_ns(item))
             )
+        if skipped:
+            log.warning("%s: %d malformed entries in the set list ignored", self.label, skipped)
         return entries
 
     def __init__(self, client: httpx.AsyncClient, base: str, *, no_video: bool = False) -> None:
@@ -396,9 +418,7 @@ class HexideSource(Source):
         if set_id in self._set_infos:
             self._set_infos.move_to_end(set_id)
             return self._set_infos[set_id]
-        async with self.stream("GET", f"{self.base.rstrip('/')}/beatmaps/{set_id}") as response:
-            await response.aread()
-        info = response.json()
+        info = await self.json(f"{self.base.rstrip('/')}/beatmaps/{set_id}", MAX_SET_INFO_JSON)
         if not isinstance(info, dict):
             raise OsufsError.io(f"{self.label}: set {set_id}: set info is not an object")
         self._set_infos[set_id] = info
@@ -416,14 +436,20 @@ class HexideSource(Source):
     async def difficulty_bytes(self, set_id: int, path: str) -> bytes | None:
         """`/metadata/<id>/raw`, checked against the md5 the set info lists."""
         wanted = path.casefold()
-        for version in (await self.set_info(set_id)).get("versions") or []:
-            # `path` is osufs serve's extension; plain Hexide names the file without `.osu`.
-            listed = str(version.get("path") or f"{version.get('name', '')}.osu")
+        versions = (await self.set_info(set_id)).get("versions")
+        for version in versions if isinstance(versions, list) else []:
+            try:
+                # `path` is osufs serve's extension; plain Hexide names files without `.osu`.
+                listed = str(version.get("path") or f"{version.get('name', '')}.osu")
+                record = int(version["id"])
+                size = min(int(version.get("size") or MAX_OSU_SIZE), MAX_OSU_SIZE)
+            except (AttributeError, KeyError, TypeError, ValueError):
+                continue  # a malformed record names nothing we can use
             if listed.casefold() != wanted:
                 continue
-            url = f"{self.base.rstrip('/')}/metadata/{int(version['id'])}/raw"
+            url = f"{self.base.rstrip('/')}/metadata/{record}/raw"
             async with self.stream("GET", url) as response:
-                data = await _read_body(response, int(version.get("size") or MAX_OSU_SIZE))
+                data = await _read_body(response, size)
             expected = str(version.get("hash_md5") or "")
             if expected and hashlib.md5(data).hexdigest() != expected.lower():
                 log.warning("%s: set %d: %s does not match its md5", self.label, set_id, path)

@@ -17,6 +17,9 @@ import click
 import httpx
 import pytest
 import trio
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from osufs.cli import read_cookie
 from osufs.errors import OsufsError
@@ -38,7 +41,7 @@ from osufs.sources import (
     parse_retry_after,
 )
 from tests.fake_site import FakeSite
-from tests.helpers import REAL_ARCHIVES
+from tests.helpers import REAL_ARCHIVES, ThreadedApp
 
 T = TypeVar("T")
 COOKIE = "osu_session=unit-test-session-0123456789; XSRF-TOKEN=xyz"
@@ -348,3 +351,28 @@ def test_cookie_file_must_be_private(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert read_cookie(None) == "osu_session=env"
     monkeypatch.delenv("OSUFS_COOKIE")
     assert read_cookie(None) is None
+
+
+def test_a_malformed_set_list_is_an_error_not_a_crash() -> None:
+    answers = {
+        "garbage": Response(b"<html>oops</html>", media_type="text/html"),
+        "object": JSONResponse({"not": "a list"}),
+        "mixed": JSONResponse(
+            [{"ranked_id": 7, "title": "A - B"}, "junk", {"id": "x"}, {"ranked_id": 8}]
+        ),
+    }
+    app = Starlette(routes=[Route("/{kind}/beatmaps/", lambda r: answers[r.path_params["kind"]])])
+    server = ThreadedApp(app)
+
+    async def catalogue(kind: str) -> list[int]:
+        async with httpx.AsyncClient() as client:
+            source = HexideSource(client, f"{server.url}/{kind}")
+            return [entry.set_id for entry in await source.catalogue()]
+
+    try:
+        for kind in ("garbage", "object"):
+            with pytest.raises(OsufsError):
+                trio.run(catalogue, kind)
+        assert trio.run(catalogue, "mixed") == [7]
+    finally:
+        server.stop()
