@@ -137,6 +137,10 @@ class Library:
             except OsufsError as error:
                 log.warning("%s: set list unavailable: %s", source.label, error)
                 continue
+            except Exception:
+                # This runs in the mount's nursery: nothing may escape and end the mount.
+                log.exception("%s: reading the set list failed", source.label)
+                continue
             added = self.store.catalogue_add(
                 [(e.set_id, CatalogueRecord(e.folder, e.mtime_ns, source.label)) for e in entries]
             )
