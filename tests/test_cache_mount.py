@@ -39,15 +39,6 @@ def expected(archives: Path) -> dict[int, dict[str, bytes]]:
     return {int(path.stem): expected_members(path) for path in sorted(archives.glob("*.osz"))}
 
 
-@pytest.fixture
-def server(archives: Path, tmp_path: Path) -> Iterator[Server]:
-    server = Server(archives, tmp_path / "server.log")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def source(server: Server) -> tuple[str, str]:
     return ("--source", f"hexide={server.url}")
 

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,15 +23,6 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("archives")
     build_sample_library(folder, count=4, audio_size=300_000)
     return folder
-
-
-@pytest.fixture
-def server(archives: Path, tmp_path: Path) -> Iterator[Server]:
-    server = Server(archives, tmp_path / "server.log")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_large_root_lists_every_set_in_a_stable_order(tmp_path: Path):

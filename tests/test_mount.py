@@ -8,7 +8,6 @@ import os
 import shutil
 import threading
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,15 +42,6 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(path, folder / f"{set_id}.osz")
     build_sample_library(folder, count=6)
     return folder
-
-
-@pytest.fixture
-def server(archives: Path, tmp_path: Path) -> Iterator[Server]:
-    server = Server(archives, tmp_path / "server.log")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def set_folder(mountpoint: Path, set_id: int) -> Path:

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -27,15 +26,6 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("archives")
     build_sample_library(folder, count=SETS, audio_size=1_500_000)
     return folder
-
-
-@pytest.fixture
-def server(archives: Path, tmp_path: Path) -> Iterator[Server]:
-    server = Server(archives, tmp_path / "server.log")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def osu_members(archive: Path) -> dict[str, bytes]:
