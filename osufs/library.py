@@ -121,6 +121,9 @@ class Library:
         self._flights = Flights(nursery, fetch_timeout)
         self.read_ahead = read_ahead
         self._remotes: dict[int, RemoteArchive] = {}
+        # For a set whose source holds another copy of its archive than the one it was listed
+        # from: listing entry -> that copy's member with the same path, size and CRC.
+        self._foreign: dict[int, dict[int, ZipMember] | None] = {}
         self._bad_members: dict[tuple[int, int], tuple[OsufsError, float]] = {}
         self._nursery = nursery
         self._warm_pool = trio.CapacityLimiter(max(1, read_ahead))
@@ -221,8 +224,13 @@ class Library:
                     await trio.to_thread.run_sync(self._ingest_archive, set_id, path)
                     return None
                 tail = await trio.Path(path).read_bytes()
-                if self.store.listing_get(set_id) is None:
+                stored = self.store.listing_get(set_id)
+                if stored is None:
                     await self._store_listing_from_tail(remote, tail)
+                else:
+                    members, _offset = await self._read_directory(remote, tail)
+                    where = f"set {set_id} at {source.label}"
+                    self._foreign[set_id] = _match_members(stored, members, where)
                 self._remotes[set_id] = remote
                 return remote
             except SourceLimited as error:
@@ -268,12 +276,11 @@ class Library:
         now = time.time()
         return [source for source in self.sources if source.limited_until <= now]
 
-    async def _store_listing_from_tail(self, remote: RemoteArchive, tail: bytes) -> None:
-        """Read the central directory and store the set's listing.
-
-        When names need a legacy code page, the .osu files decide it; they are fetched for
-        that and kept, since a reader will want them next.
-        """
+    async def _read_directory(
+        self, remote: RemoteArchive, tail: bytes
+    ) -> tuple[list[ZipMember], int]:
+        """The archive's members and where its central directory starts, from its tail (one
+        more request when the end record or the directory lie further back)."""
         try:
             offset, size, _count = archive.find_central_directory(tail, remote.size, self.limits)
         except ArchiveError:
@@ -289,6 +296,15 @@ class Library:
             directory = await remote.read(offset, size)
         members = archive.parse_central_directory(directory, self.limits)
         archive.check_offsets(members, offset)
+        return members, offset
+
+    async def _store_listing_from_tail(self, remote: RemoteArchive, tail: bytes) -> None:
+        """Read the central directory and store the set's listing.
+
+        When names need a legacy code page, the .osu files decide it; they are fetched for
+        that and kept, since a reader will want them next.
+        """
+        members, _offset = await self._read_directory(remote, tail)
         references: list[str] = []
         fetched: dict[int, bytes] = {}
         if _needs_references(members):
@@ -329,16 +345,16 @@ class Library:
                         references += referenced_files(parse_osu(data))
                 listing = build_listing(members, references, log)
                 listing = self.store.listing_put(set_id, listing)
-            elif listing.members != members:
-                raise OsufsError.io(
-                    f"set {set_id}: the source's archive differs from the cached one"
-                )
+            foreign = _match_members(listing, members, f"set {set_id}: the downloaded archive")
             cached = self.store.cached_entries(set_id)
             pending = []
             for index, entry in enumerate(listing.entries):
                 if entry.is_dir or index in cached:
                     continue
-                member = listing.members[entry.member]
+                member = listing.members[entry.member] if foreign is None else foreign.get(index)
+                if member is None:
+                    self._note_bad_member(set_id, index, _absent(listing, index))
+                    continue
                 try:
                     pending.append(self._extract_local(set_id, index, file, member))
                 except MemberError as error:
@@ -481,6 +497,13 @@ class Library:
                 await self._read_member(remote, index, member)
 
     async def _read_member(self, remote: RemoteArchive, index: int, member: ZipMember) -> None:
+        foreign = self._foreign.get(remote.set_id)
+        if foreign is not None:
+            # The source holds another copy of the set: read the same file at its own place.
+            if index not in foreign:
+                listing = self.store.listing_get(remote.set_id)
+                raise OsufsError.io(str(_absent(listing, index)) if listing else "no listing")
+            member = foreign[index]
         if member.compressed_size <= RANGED_MEMBER_LIMIT:
             await self._fetch_member(remote, index, member)
         else:
@@ -628,6 +651,36 @@ def _warn_once(message: str) -> None:
         log.warning("%s", message)
         if len(_warned) > 4096:
             _warned.clear()
+
+
+def _match_members(
+    listing: SetListing, members: list[ZipMember], where: str
+) -> dict[int, ZipMember] | None:
+    """None when `members` are the archive the listing was built from; otherwise, for each
+    listed file, the member of this other copy with the same path, size and CRC (mirrors
+    repack archives; a no-video copy lacks the video)."""
+    if members == listing.members:
+        return None
+    other = build_listing(members, (), None)
+    by_path = {
+        other.path(i): other.members[e.member] for i, e in enumerate(other.entries) if not e.is_dir
+    }
+    matched: dict[int, ZipMember] = {}
+    files = 0
+    for index, entry in enumerate(listing.entries):
+        if entry.is_dir:
+            continue
+        files += 1
+        mine = listing.members[entry.member]
+        theirs = by_path.get(listing.path(index))
+        if theirs is not None and (theirs.size, theirs.crc32) == (mine.size, mine.crc32):
+            matched[index] = theirs
+    log.info("%s is another copy: %d of its %d listed files match", where, len(matched), files)
+    return matched
+
+
+def _absent(listing: SetListing, index: int) -> MemberError:
+    return MemberError(f"{listing.path(index)} is not in this source's copy of the archive")
 
 
 def _reader(data: bytes) -> Callable[[int], bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -214,3 +215,47 @@ def test_prefetch_fills_resumes_and_serves_offline(archives: Path, tmp_path: Pat
                     assert (mount.mountpoint / "100006" / info.filename).read_bytes() == zf.read(
                         info
                     )
+
+
+def repack(original: Path, target: Path, *, drop: str) -> None:
+    """Another copy of a set, as a mirror might make it: other order, stored, one file less."""
+    with zipfile.ZipFile(original) as source, zipfile.ZipFile(target, "w") as copy:
+        for info in reversed(source.infolist()):
+            if info.filename != drop and not info.is_dir():
+                copy.writestr(info, source.read(info), compress_type=zipfile.ZIP_STORED)
+
+
+@pytest.mark.parametrize("ranges", [True, False], ids=["ranged", "whole"])
+def test_another_mirrors_copy_serves_the_same_listing(archives: Path, tmp_path: Path, ranges: bool):
+    cache = tmp_path / "cache"
+    first = Server(archives, tmp_path / "first.log")
+    try:
+        with mounted(
+            tmp_path / "mnt", cache, tmp_path / "list.log", "--source", f"hexide={first.url}"
+        ) as mount:
+            listed = sorted(os.listdir(mount.mountpoint / "100005"))
+    finally:
+        first.stop()
+    other = tmp_path / "other"
+    other.mkdir()
+    repack(archives / "100005.osz", other / "100005.osz", drop="bg.jpg")
+    second = Server(other, tmp_path / "second.log", *([] if ranges else ["--no-ranges"]))
+    try:
+        with mounted(
+            tmp_path / "mnt", cache, tmp_path / "read.log", "--source", f"hexide={second.url}"
+        ) as mount:
+            folder = mount.mountpoint / "100005"
+            assert sorted(os.listdir(folder)) == listed  # the listing does not move
+            with zipfile.ZipFile(archives / "100005.osz") as zf:
+                for info in zf.infolist():
+                    if info.is_dir():
+                        continue
+                    if info.filename == "bg.jpg":
+                        with pytest.raises(OSError) as caught:
+                            (folder / "bg.jpg").read_bytes()
+                        assert caught.value.errno == errno.EIO
+                    else:
+                        assert (folder / info.filename).read_bytes() == zf.read(info)
+            assert "is another copy" in mount.log()
+    finally:
+        second.stop()
