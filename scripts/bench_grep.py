@@ -1,0 +1,616 @@
+#!/usr/bin/env python3
+"""Benchmark (issue 4): `grep -r` through an osufs mount against downloading and unzipping.
+
+Builds a library of N sets from the real .osu files in ../shared/corpus/osu (plus pseudo-random
+audio and images of realistic size), serves it with `osufs serve` behind a per-request latency
+and a per-response bandwidth cap, and measures, in one run:
+
+1. cold: `grep -rl --include='*.osu' PATTERN` through a fresh osufs mount (empty cache) against
+   the naive path: download every .osz over HTTP from the same server with the same
+   concurrency osufs reads ahead with (curl --parallel), unzip each, then the same grep.
+   Wall time and bytes the server sent (its /_stats, as deltas).
+2. warm: the same grep again through the same mount against the unpacked tree on local disk
+   (median of --runs), plus a whole-tree `grep -rl PATTERN` (audio too) over the first
+   --whole-tree-sets sets.
+
+Both sides' file lists are compared; any difference, grep error or mount warning is printed.
+Run it with the project's interpreter (needs /dev/fuse, fusermount3, curl, unzip, grep):
+
+    .venv/bin/python scripts/bench_grep.py [--sets 1000] [--latency 0.02]
+        [--bandwidth 50000000] [--workdir DIR] [--keep] [--profile]
+
+Disk: about twice the library (archives + unpacked tree); the osufs cache is removed before the
+naive phase. Everything it starts is stopped, and the mount unmounted, even on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO.parent / "shared" / "corpus" / "osu"
+STARTUP = 60.0
+MB = 1_000_000
+
+# Run in place of `python -m osufs` with --profile: counts FUSE operations and the time spent
+# in their handlers (pyfuse3 dispatches to the Operations class by attribute, so patching the
+# class before the mount starts sees every request); SIGUSR1 writes the tallies to a file.
+PROFILE_WRAPPER = r"""
+import functools, inspect, json, os, signal, sys, time
+import pyfuse3
+from osufs import fs
+from osufs.cli import main
+counts, seconds = {}, {}
+def wrap(name, handler):
+    @functools.wraps(handler)
+    async def counted(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return await handler(*args, **kwargs)
+        finally:
+            counts[name] = counts.get(name, 0) + 1
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+    return counted
+for name in dir(pyfuse3.Operations):
+    handler = getattr(fs.Operations, name)
+    if not name.startswith("_") and inspect.iscoroutinefunction(handler):
+        setattr(fs.Operations, name, wrap(name, handler))
+def dump(*_):
+    target = os.environ["OSUFS_BENCH_OPS"]
+    with open(target + ".tmp", "w") as out:
+        json.dump({"counts": counts, "seconds": seconds}, out)
+    os.replace(target + ".tmp", target)
+signal.signal(signal.SIGUSR1, dump)
+sys.argv[0] = "osufs"
+main()
+"""
+
+
+def osufs_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "osufs", *args]
+
+
+def child_env() -> dict[str, str]:
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO)}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def human(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def du(path: Path) -> int:
+    """Bytes allocated under `path`, not counting what is mounted below it."""
+    total = 0
+    for root, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if not os.path.ismount(os.path.join(root, d))]
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# The server and the mount, as subprocesses
+
+
+class Server:
+    """`osufs serve` on loopback with the shaping options."""
+
+    def __init__(self, folder: Path, log_path: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            osufs_command("serve", str(folder), "--port", str(self.port), *extra),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=child_env(),
+        )
+        deadline = time.monotonic() + STARTUP
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"osufs serve exited with {self.process.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(f"{self.url}/_stats", timeout=1).raise_for_status()
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("osufs serve did not start")
+            time.sleep(0.05)
+
+    def stats(self) -> dict:
+        data = httpx.get(f"{self.url}/_stats", timeout=30).json()
+        return {"requests": data["requests"], "bytes_sent": data["bytes_sent"]}
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+class Mount:
+    """`osufs mount --foreground`; unmount() always leaves the mountpoint unmounted."""
+
+    def __init__(
+        self,
+        mountpoint: Path,
+        cache_dir: Path,
+        log_path: Path,
+        args: list[str],
+        ops_file: Path | None = None,
+    ) -> None:
+        self.mountpoint = mountpoint
+        self.log_path = log_path
+        self.ops_file = ops_file
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in unmount()
+        base = [sys.executable, "-c", PROFILE_WRAPPER] if ops_file else osufs_command()
+        self.process = subprocess.Popen(
+            [*base, "mount", str(mountpoint), "--foreground", "--cache-dir", str(cache_dir),
+             *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**child_env(), "OSUFS_BENCH_OPS": str(ops_file or "")},
+        )  # fmt: skip
+        deadline = time.monotonic() + STARTUP
+        while not os.path.ismount(mountpoint):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mount exited with {self.process.returncode}; see {log_path}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mount did not come up; see {log_path}")
+            time.sleep(0.02)
+
+    def op_counts(self) -> dict:
+        """The profiling wrapper's tallies so far (only with --profile)."""
+        assert self.ops_file is not None
+        before = self.ops_file.stat().st_mtime_ns if self.ops_file.exists() else 0
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.ops_file.exists() and self.ops_file.stat().st_mtime_ns != before:
+                return json.loads(self.ops_file.read_text())
+            time.sleep(0.02)
+        raise RuntimeError("the profiling wrapper did not answer")
+
+    def unmount(self) -> None:
+        if os.path.ismount(self.mountpoint):
+            subprocess.run(["fusermount3", "-u", str(self.mountpoint)], capture_output=True)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
+            self.process.kill()
+            self.process.wait()
+        if os.path.ismount(self.mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
+        self._log.close()
+
+
+@contextlib.contextmanager
+def mounted(*args, **kwargs) -> Iterator[Mount]:
+    mount = Mount(*args, **kwargs)
+    try:
+        yield mount
+    finally:
+        mount.unmount()
+
+
+# Measuring
+
+
+@dataclass
+class GrepRun:
+    seconds: float
+    files: list[str]
+    errors: str
+    status: int
+
+
+GREP_ENV = {**os.environ, "LC_ALL": "C.UTF-8"}
+
+
+def run_grep(argv: list[str]) -> GrepRun:
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, env=GREP_ENV)
+    seconds = time.perf_counter() - start
+    files = sorted(os.fsdecode(line) for line in done.stdout.splitlines())
+    return GrepRun(seconds, files, done.stderr.decode(errors="replace"), done.returncode)
+
+
+def grep_argv(pattern: str, roots: list[Path], osu_only: bool) -> list[str]:
+    include = ["--include=*.osu"] if osu_only else []
+    return ["grep", "-rl", *include, "--", pattern, *map(str, roots)]
+
+
+def set_relative(paths: list[str], root: Path) -> set[tuple[int, str]]:
+    """(set id, path inside the set) for grep's output, whether the set folder is `<id>` (the
+    unpacked tree) or `<id> Artist - Title` (the mount)."""
+    found = set()
+    for path in paths:
+        folder, _, inner = os.path.relpath(path, root).partition(os.sep)
+        found.add((int(folder.split(" ", 1)[0]), inner))
+    return found
+
+
+@dataclass
+class Report:
+    problems: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+    def problem(self, text: str) -> None:
+        self.problems.append(text)
+        print(f"  !! {text}", flush=True)
+
+    def check_grep(self, what: str, run: GrepRun) -> None:
+        if run.status not in (0, 1) or run.errors.strip():
+            self.problem(f"{what}: grep exited {run.status}: {run.errors.strip()[:800]}")
+
+
+def stat_delta(after: dict, before: dict) -> dict:
+    return {key: after[key] - before[key] for key in after}
+
+
+def build_library(archives: Path, sets: int, audio_size: int) -> float:
+    """Build (or reuse, when the same parameters built it) the library; returns seconds."""
+    from osufs.samples import build_sample_library
+
+    params = {"sets": sets, "audio_size": audio_size, "seed": 0, "corpus": str(CORPUS)}
+    stamp = archives / "params.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == params:
+        return 0.0
+    if archives.exists():
+        subprocess.run(["rm", "-rf", str(archives)], check=True)
+    start = time.perf_counter()
+    build_sample_library(archives, sets, seed=0, audio_size=audio_size, osu_corpus=CORPUS)
+    stamp.write_text(json.dumps(params))
+    return time.perf_counter() - start
+
+
+def warm_server(url: str, ids: list[int], pool: int) -> None:
+    """Fill the server's own caches (set index, archive hashes) that a real mirror keeps
+    precomputed, so neither side pays for them; the counters are read as deltas anyway."""
+    with httpx.Client(timeout=120) as client:
+        client.get(f"{url}/beatmaps/").raise_for_status()
+        with ThreadPoolExecutor(pool) as executor:
+            for response in executor.map(lambda i: client.get(f"{url}/beatmaps/{i}"), ids):
+                response.raise_for_status()
+
+
+def naive_download(url: str, ids: list[int], target: Path, pool: int, log: Path) -> None:
+    """Every archive with curl, `pool` transfers at once (one process, connections reused)."""
+    target.mkdir(parents=True, exist_ok=True)
+    config = target / "curl.cfg"
+    config.write_text(
+        "".join(f'url = "{url}/beatmaps/{i}/download"\noutput = "{target}/{i}.osz"\n' for i in ids)
+    )
+    with open(log, "ab") as out:
+        subprocess.run(
+            ["curl", "--parallel", "--parallel-max", str(pool), "--fail", "-sS", "-K", str(config)],
+            check=True,
+            stdout=out,
+            stderr=out,
+        )
+    config.unlink()
+
+
+def naive_unzip(downloads: Path, tree: Path, ids: list[int], pool: int) -> list[str]:
+    """Unpack each archive into tree/<id>, deleting it as soon as it is unpacked."""
+
+    def unpack(set_id: int) -> str | None:
+        archive = downloads / f"{set_id}.osz"
+        done = subprocess.run(
+            ["unzip", "-qq", "-o", str(archive), "-d", str(tree / str(set_id))],
+            capture_output=True,
+        )
+        archive.unlink()
+        # unzip exits 1 for warnings only (it does for the Shift-JIS names it cannot convert).
+        if done.returncode > 1:
+            return f"unzip {set_id}.osz exited {done.returncode}: {done.stderr[:300]!r}"
+        return None
+
+    tree.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(pool) as executor:
+        return [error for error in executor.map(unpack, ids) if error]
+
+
+def median_runs(argv: list[str], runs: int, report: Report, what: str) -> tuple[float, GrepRun]:
+    results = [run_grep(argv) for _ in range(runs)]
+    for run in results:
+        report.check_grep(what, run)
+    if any(run.files != results[0].files for run in results):
+        report.problem(f"{what}: repeated runs found different files")
+    return statistics.median(run.seconds for run in results), results[0]
+
+
+def compare(report: Report, what: str, ours: set, theirs: set) -> None:
+    if ours == theirs:
+        return
+    extra, missing = sorted(ours - theirs), sorted(theirs - ours)
+    report.problem(
+        f"{what}: osufs found {len(ours)} files, the naive tree {len(theirs)}; "
+        f"only osufs: {extra[:3]}, only naive: {missing[:3]}"
+    )
+
+
+def summarise_ops(before: dict, after: dict, seconds: float) -> list[str]:
+    rows = []
+    for name, count in sorted(
+        after["counts"].items(), key=lambda kv: -(kv[1] - before["counts"].get(kv[0], 0))
+    ):
+        n = count - before["counts"].get(name, 0)
+        spent = after["seconds"][name] - before["seconds"].get(name, 0.0)
+        if n:
+            rows.append(
+                f"    {name:<10} {n:>7} calls  {spent * 1000:8.1f} ms in the handler "
+                f"({spent / n * 1e6:5.0f} µs each)"
+            )
+    return [f"  FUSE requests during one warm grep ({seconds:.2f} s wall):", *rows]
+
+
+def mount_log_excerpt(log: Path, limit: int = 20) -> list[str]:
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    flagged = [line for line in lines if " WARNING " in line or " ERROR " in line]
+    return flagged[:limit] + ([f"... {len(flagged) - limit} more"] if len(flagged) > limit else [])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sets", type=int, default=1000)
+    parser.add_argument("--latency", type=float, default=0.02, help="seconds per request")
+    parser.add_argument(
+        "--bandwidth", type=int, default=50 * MB, help="bytes/s, per response [50 MB/s]"
+    )
+    parser.add_argument(
+        "--audio-size", type=int, default=2_500_000, help="bytes per audio file [2.5 MB]"
+    )
+    parser.add_argument("--pattern", default="Mode: 2", help="what grep looks for [Mode: 2]")
+    parser.add_argument("--pool", type=int, default=8, help="osufs --read-ahead = naive pool")
+    parser.add_argument("--runs", type=int, default=3, help="warm runs (median reported)")
+    parser.add_argument(
+        "--whole-tree-sets",
+        type=int,
+        default=200,
+        help="sets the whole-tree grep covers (0: skip it) [200]",
+    )
+    parser.add_argument("--workdir", type=Path, help="where to work [a new temp directory]")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--profile", action="store_true", help="count FUSE requests of a warm grep")
+    args = parser.parse_args()
+
+    # Ctrl-C and SIGTERM both unwind through the finally blocks below.
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
+    if not CORPUS.is_dir():
+        parser.error(f"no .osu corpus at {CORPUS}")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="osufs-bench-"))
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    archives, cache, mnt = workdir / "archives", workdir / "cache", workdir / "mnt"
+    downloads, tree = workdir / "downloads", workdir / "tree"
+    mount_log, server_log = workdir / "mount.log", workdir / "server.log"
+    for stale in (cache, downloads, tree, mount_log, server_log):
+        subprocess.run(["rm", "-rf", str(stale)], check=True)
+    report = Report()
+    server: Server | None = None
+    peak_disk = 0
+    try:
+        print(f"building {args.sets} sets in {archives} ...", flush=True)
+        built = build_library(archives, args.sets, args.audio_size)
+        ids = sorted(int(p.stem) for p in archives.glob("*.osz"))
+        library_bytes = sum((archives / f"{i}.osz").stat().st_size for i in ids)
+        how = f"built in {built:.0f} s" if built else "reused"
+        print(f"  {how}: {human(library_bytes)}")
+        shaping = ["--latency", str(args.latency), "--bandwidth", str(args.bandwidth)]
+        server = Server(archives, server_log, *shaping)
+        start = time.perf_counter()
+        warm_server(server.url, ids, 16)
+        print(f"  server indexed and hashed in {time.perf_counter() - start:.0f} s", flush=True)
+        scan = grep_argv(args.pattern, [mnt], osu_only=True)
+        subset = ids[: args.whole_tree_sets]
+
+        # 1 + 2, osufs side: cold, then warm, on one mount with a fresh cache.
+        print("osufs: cold grep ...", flush=True)
+        ops_file = workdir / "ops.json" if args.profile else None
+        before = server.stats()
+        start = time.perf_counter()
+        mount_args = ["--source", f"hexide={server.url}", "--read-ahead", str(args.pool)]
+        with mounted(mnt, cache, mount_log, mount_args, ops_file) as mount:
+            mount_seconds = time.perf_counter() - start
+            cpu_before = cpu_seconds(server.process.pid), cpu_seconds(mount.process.pid)
+            cold = run_grep(scan)
+            osufs_cold = stat_delta(server.stats(), before)
+            cold_cpu = (
+                cpu_seconds(server.process.pid) - cpu_before[0],
+                cpu_seconds(mount.process.pid) - cpu_before[1],
+            )
+            report.check_grep("osufs cold", cold)
+            print(f"  {cold.seconds:.1f} s, {human(osufs_cold['bytes_sent'])}", flush=True)
+            print("osufs: warm grep ...", flush=True)
+            osufs_warm, warm_run = median_runs(scan, args.runs, report, "osufs warm")
+            if warm_run.files != cold.files:
+                report.problem("osufs: the warm grep found other files than the cold one")
+            if args.profile:
+                ops_before = mount.op_counts()
+                profiled = run_grep(scan)
+                ops_lines = summarise_ops(ops_before, mount.op_counts(), profiled.seconds)
+            folders = {int(p.name.split(" ", 1)[0]): p for p in mnt.iterdir()}
+            missing_folders = [i for i in subset if i not in folders]
+            if missing_folders:
+                report.problem(f"set folders missing from the mount: {missing_folders[:5]}")
+            whole_roots = [folders[i] for i in subset if i in folders]
+            if whole_roots:
+                print(f"osufs: whole-tree grep of {len(subset)} sets (first, cold) ...")
+                whole_argv = grep_argv(args.pattern, whole_roots, osu_only=False)
+                before = server.stats()
+                whole_cold = run_grep(whole_argv)
+                whole_cold_bytes = stat_delta(server.stats(), before)["bytes_sent"]
+                report.check_grep("osufs whole-tree cold", whole_cold)
+                osufs_whole, whole_run = median_runs(whole_argv, args.runs, report, "osufs whole")
+            peak_disk = max(peak_disk, du(workdir))
+        mount_problems = mount_log_excerpt(mount_log)
+        subprocess.run(["rm", "-rf", str(cache)], check=True)
+
+        # 1 + 2, naive side: download, unzip, grep; then the same grep again, warm.
+        print("naive: download ...", flush=True)
+        before = server.stats()
+        start = time.perf_counter()
+        naive_download(server.url, ids, downloads, args.pool, workdir / "curl.log")
+        download_seconds = time.perf_counter() - start
+        naive_bytes = stat_delta(server.stats(), before)
+        peak_disk = max(peak_disk, du(workdir))
+        print(f"  {download_seconds:.1f} s, {human(naive_bytes['bytes_sent'])}; unzip ...")
+        start = time.perf_counter()
+        for error in naive_unzip(downloads, tree, ids, args.pool):
+            report.problem(error)
+        unzip_seconds = time.perf_counter() - start
+        native_scan = grep_argv(args.pattern, [tree], osu_only=True)
+        naive_grep = run_grep(native_scan)
+        report.check_grep("naive", naive_grep)
+        naive_seconds = download_seconds + unzip_seconds + naive_grep.seconds
+        peak_disk = max(peak_disk, du(workdir))
+        print("native: warm grep ...", flush=True)
+        native_warm, _ = median_runs(native_scan, args.runs, report, "native warm")
+        compare(
+            report, "cold grep", set_relative(cold.files, mnt),
+            set_relative(naive_grep.files, tree),
+        )  # fmt: skip
+        if whole_roots:
+            native_whole_argv = grep_argv(args.pattern, [tree / str(i) for i in subset], False)
+            native_whole, native_whole_run = median_runs(
+                native_whole_argv, args.runs, report, "native whole"
+            )
+            compare(
+                report, "whole-tree grep", set_relative(whole_run.files, mnt),
+                set_relative(native_whole_run.files, tree),
+            )  # fmt: skip
+            subset_bytes = sum((archives / f"{i}.osz").stat().st_size for i in subset)
+
+        # The table.
+        def mark(ok: bool) -> str:
+            return "met" if ok else "NOT met"
+
+        matched = len(cold.files)
+        matched_sets = len({key[0] for key in set_relative(cold.files, mnt)})
+        bytes_ratio = osufs_cold["bytes_sent"] / naive_bytes["bytes_sent"]
+        speedup = naive_seconds / cold.seconds
+        warm_ratio = osufs_warm / native_warm
+        bw = f"{args.bandwidth / MB:g} MB/s"
+        load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+        rows = [
+            f"grep benchmark, {datetime.date.today()}, {platform.node()}: "
+            f"{os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM, "  # noqa: E501
+            f"Linux {platform.release()}, Python {platform.python_version()}; "
+            f"load average at the end {load} (other work on the machine adds noise)",
+            f"library: {len(ids)} sets, {human(library_bytes)} ({human(library_bytes / len(ids))}"
+            f" a set; audio {human(args.audio_size)}); server: {args.latency * 1000:g} ms a "
+            f"request, {bw} a response; osufs --read-ahead {args.pool}, naive pool {args.pool}",
+            f"scan: grep -rl --include='*.osu' {shlex.quote(args.pattern)} -> {matched} files "
+            f"in {matched_sets} sets",
+            "",
+            f"{'cold (empty cache)':<34}{'time':>9}{'moved':>11}{'requests':>10}",
+            f"{'  osufs grep':<34}{cold.seconds:>8.1f}s{human(osufs_cold['bytes_sent']):>11}"
+            f"{osufs_cold['requests']:>10}",
+            f"{'  naive download+unzip+grep':<34}{naive_seconds:>8.1f}s"
+            f"{human(naive_bytes['bytes_sent']):>11}{naive_bytes['requests']:>10}",
+            f"{'    (download / unzip / grep)':<34} {download_seconds:.1f} / {unzip_seconds:.1f}"
+            f" / {naive_grep.seconds:.2f} s",
+            f"  bytes osufs/naive {bytes_ratio:.2%} (target <= 5%: {mark(bytes_ratio <= 0.05)});"
+            f" time naive/osufs {speedup:.1f}x (target >= 10x: {mark(speedup >= 10)})",
+            f"  (mount start, catalogue of {len(ids)} sets included in bytes: "
+            f"{mount_seconds:.2f} s, not in the time; CPU during the osufs grep: mount "
+            f"{cold_cpu[1]:.1f} s, server {cold_cpu[0]:.1f} s)",
+            "",
+            f"{f'warm (median of {args.runs})':<34}{'osufs':>9}{'native':>9}{'ratio':>9}",
+            f"{'  grep --include=*.osu':<34}{osufs_warm:>8.3f}s{native_warm:>8.3f}s"
+            f"{warm_ratio:>8.1f}x   (target <= 2x: {mark(warm_ratio <= 2)})",
+        ]
+        if whole_roots:
+            rows.append(
+                f"{f'  grep whole tree, {len(subset)} sets':<34}{osufs_whole:>8.3f}s"
+                f"{native_whole:>8.3f}s{osufs_whole / native_whole:>8.1f}x   "
+                f"({human(subset_bytes)}; its cold osufs run {whole_cold.seconds:.1f} s, "
+                f"{human(whole_cold_bytes)})"
+            )
+        if args.profile:
+            rows += ["", *ops_lines]
+        rows += ["", f"peak disk use of the work directory: {human(peak_disk)}"]
+        rows.append(
+            "files found: osufs == naive"
+            if not any("found" in p for p in report.problems)
+            else "files found: DIFFER (see problems)"
+        )
+        if mount_problems:
+            rows += ["mount log warnings/errors:", *(f"  {line}" for line in mount_problems)]
+        if report.problems:
+            rows += ["problems:", *(f"  {p}" for p in report.problems)]
+        print("\n" + "\n".join(rows))
+        return 1 if report.problems else 0
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        if os.path.ismount(mnt):  # a mount left by an exception inside `mounted`
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        if server is not None:
+            server.stop()
+        if args.keep:
+            print(f"kept {workdir} (mount log: {mount_log})")
+        else:
+            if report.problems and mount_log.exists():
+                kept = Path(tempfile.gettempdir()) / f"osufs-bench-mount-{os.getpid()}.log"
+                mount_log.replace(kept)
+                print(f"mount log kept at {kept}")
+            # Only what this script made: --workdir may name a directory holding other things.
+            made = [archives, cache, downloads, tree, mount_log, server_log]
+            made += [workdir / "ops.json", workdir / "curl.log"]
+            for path in made:
+                subprocess.run(["rm", "-rf", str(path)])
+            with contextlib.suppress(OSError):
+                mnt.rmdir()
+                workdir.rmdir()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
