@@ -6,7 +6,6 @@ import contextlib
 import logging
 import os
 import select
-import shutil
 import stat
 import subprocess
 import sys
@@ -20,11 +19,12 @@ import click
 import platformdirs
 import trio
 
+from osufs import overlay
 from osufs import prefetch as prefetcher
 from osufs.archive import Limits
 from osufs.cache import cache, size_option
 from osufs.config import ConfigError, default_config_path, load_config
-from osufs.library import READ_AHEAD_SETS
+from osufs.library import READ_AHEAD_SETS, read_catalogue_file
 from osufs.mount import MountConfig, run_mount
 from osufs.sources import SourceSpec
 
@@ -36,39 +36,80 @@ READY_WAIT = 60.0
 class _Redact(logging.Filter):
     """Defence in depth: a secret that reaches a log line is replaced, whatever logged it."""
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, label: str = "<cookie>") -> None:
         super().__init__()
         self.secret = secret
+        self.label = label
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if self.secret in message:
-            record.msg, record.args = message.replace(self.secret, "<cookie>"), None
+            record.msg, record.args = message.replace(self.secret, self.label), None
         return True
 
 
-def setup_logging(debug: bool, secret: str | None = None) -> None:
+def setup_logging(debug: bool, secret: str | None = None, client_secret: str | None = None) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     if secret:
         handler.addFilter(_Redact(secret))
+    if client_secret:
+        handler.addFilter(_Redact(client_secret, "<client secret>"))
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler])
     for noisy in ("httpx", "httpcore", "hpack", "hypercorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _private_text(path: Path, what: str) -> str:
+    """A secret file's text; refused when other users can read it."""
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise click.UsageError(f"{path} can be read by other users; {what}. Run: chmod 600 {path}")
+    return path.read_text()
 
 
 def read_cookie(cookie_file: Path | None) -> str | None:
     """The site's session cookie, from an owner-only file or OSUFS_COOKIE; never from argv."""
     if cookie_file is None:
         return os.environ.get("OSUFS_COOKIE", "").strip() or None
-    mode = cookie_file.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise click.UsageError(
-            f"{cookie_file} can be read by other users; the cookie is your osu! login. "
-            f"Run: chmod 600 {cookie_file}"
-        )
-    text = cookie_file.read_text().strip()
+    text = _private_text(cookie_file, "the cookie is your osu! login").strip()
     return text.removeprefix("Cookie:").strip() or None
+
+
+def read_client(client_file: Path | None) -> tuple[str, str] | None:
+    """The osu! API's OAuth client id and secret: `client_id=...` and `client_secret=...` lines
+    in an owner-only file, or OSUFS_CLIENT_ID and OSUFS_CLIENT_SECRET; never from argv."""
+    if client_file is None:
+        found = {
+            "client_id": os.environ.get("OSUFS_CLIENT_ID", ""),
+            "client_secret": os.environ.get("OSUFS_CLIENT_SECRET", ""),
+        }
+    else:
+        text = _private_text(client_file, "the client secret is your OAuth application's key")
+        found = {}
+        for line in text.splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.strip() in ("client_id", "client_secret"):
+                found[key.strip()] = value.strip().strip("'\"")
+    client_id = found.get("client_id", "").strip()
+    secret = found.get("client_secret", "").strip()
+    if client_file is not None and not (client_id and secret):
+        raise click.UsageError(f"{client_file} needs client_id=... and client_secret=... lines")
+    return (client_id, secret) if client_id and secret else None
+
+
+def _check_client_file(ctx: click.Context, param: click.Parameter, value: Path | None):
+    read_client(value)  # refuse a readable or incomplete file before anything starts
+    return value
+
+
+def _check_catalogue_file(ctx: click.Context, param: click.Parameter, value: Path | None):
+    if value is not None:
+        try:
+            read_catalogue_file(value)
+        except (OSError, ValueError) as error:
+            raise click.BadParameter(str(error)) from None
+    return value
 
 
 def default_cache_dir() -> Path:
@@ -115,7 +156,10 @@ LIBRARY_OPTIONS = [
         help="kind=URL, tried in the order given: hexide=URL (a Hexide mirror), osu=URL (the "
         "official site; needs the cookie), url=TEMPLATE (a plain mirror: {id} is the set id, "
         "{novideo:TEXT} or {novideo:TEXT|ELSE} is TEXT with --no-video and ELSE, or nothing, "
-        "without; e.g. url=https://catboy.best/d/{id}{novideo:n}).",
+        "without; e.g. url=https://catboy.best/d/{id}{novideo:n}); catboy, nerinyan, osudirect, "
+        "sayobot (mirrors by name; NAME=URL for another host of the same mirror); osuapi (the "
+        "osu! API at https://osu.ppy.sh: names, the set list, .osu files; no archives). "
+        "See docs/sources.md.",
     ),
     click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path)),
     click.option(
@@ -128,6 +172,31 @@ LIBRARY_OPTIONS = [
         "--cookie-file",
         type=click.Path(dir_okay=False, exists=True, path_type=Path),
         help="File holding the osu! session cookie (mode 600). Or set OSUFS_COOKIE.",
+    ),
+    click.option(
+        "--client-file",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        callback=_check_client_file,
+        help="File (mode 600) with client_id=... and client_secret=... lines: the OAuth client "
+        "the osuapi source uses. Or set OSUFS_CLIENT_ID and OSUFS_CLIENT_SECRET.",
+    ),
+    click.option(
+        "--catalogue",
+        type=click.Choice(["ranked", "loved", "all", "none"]),
+        help="Which sets the osuapi source lists at the root: ranked (and approved), loved, all "
+        "(graveyard too: many hours to sync), none. [default: ranked; none with "
+        "--catalogue-file]",
+    ),
+    click.option(
+        "--catalogue-query",
+        help="Search text the osuapi set list must match (the site's search syntax, e.g. "
+        "'artist=camellia').",
+    ),
+    click.option(
+        "--catalogue-file",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        callback=_check_catalogue_file,
+        help="Set ids, one a line (# comments): the root lists exactly these.",
     ),
     click.option(
         "--no-video",
@@ -175,15 +244,21 @@ def library_config(
     debug: bool,
     max_member_size: int | None = None,
     max_ratio: int | None = None,
+    client_file: Path | None = None,
     **settings: Any,
 ) -> MountConfig:
-    """A MountConfig from the shared options, with logging set up (the cookie redacted)."""
+    """A MountConfig from the shared options, with logging set up (the secrets redacted)."""
     cookie = read_cookie(cookie_file)
-    setup_logging(debug, cookie)
+    client = read_client(client_file)
+    setup_logging(debug, cookie, client[1] if client else None)
+    if settings.get("catalogue_query") is None:
+        settings["catalogue_query"] = ""
     return MountConfig(
         cache_dir=cache_dir or default_cache_dir(),
         sources=sources,
         cookie=cookie,
+        client_id=client[0] if client else None,
+        client_secret=client[1] if client else None,
         no_video=no_video,
         fetch_timeout=fetch_timeout,
         limits=Limits().overridden(max_member_size, max_ratio),
@@ -203,6 +278,12 @@ def library_config(
     show_default=True,
     help="Sets whose .osu files are fetched ahead of a scan (0: off).",
 )
+@click.option(
+    "--writable",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for a writable layer (needs fuse-overlayfs): what is written, created, renamed "
+    "or deleted in the mount is kept there, never in the cache or on a source.",
+)
 @click.option("--foreground", "-f", is_flag=True, help="Stay attached; Ctrl-C unmounts.")
 @click.option("--ready-fd", type=int, hidden=True)
 def mount(
@@ -210,6 +291,7 @@ def mount(
     offline: bool,
     allow_other: bool,
     read_ahead: int,
+    writable: Path | None,
     foreground: bool,
     ready_fd: int | None,
     **options: Any,
@@ -220,6 +302,12 @@ def mount(
     if not options["sources"] and not offline:
         raise click.UsageError("give at least one --source (or --offline to serve the cache)")
     read_cookie(options["cookie_file"])  # refuse a readable cookie file before detaching
+    if writable is not None:
+        try:  # say what is missing or wrong before detaching
+            overlay.find_tool()
+            overlay.clear_stale(overlay.plan(mountpoint, writable))
+        except overlay.OverlayError as error:
+            raise click.ClickException(str(error)) from None
     if not foreground:
         _mount_in_background(mountpoint)
         return
@@ -228,6 +316,7 @@ def mount(
         offline=offline,
         allow_other=allow_other,
         read_ahead=read_ahead,
+        writable=writable,
         **options,
     )
 
@@ -236,7 +325,10 @@ def mount(
             os.write(ready_fd, b"1")
             os.close(ready_fd)
 
-    trio.run(run_mount, config, ready)
+    try:
+        trio.run(run_mount, config, ready)
+    except overlay.OverlayError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @main.command()
@@ -350,13 +442,11 @@ def _mount_in_background(mountpoint: Path) -> None:
 @main.command()
 @click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def umount(mountpoint: Path) -> None:
-    """Unmount MOUNTPOINT."""
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    if tool is None:
-        raise click.ClickException("fusermount3 not found; install the fuse3 package")
-    result = subprocess.run([tool, "-u", str(mountpoint)], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise click.ClickException(result.stderr.strip() or "unmount failed")
+    """Unmount MOUNTPOINT (with its writable layer, the overlay and then the library)."""
+    try:
+        overlay.unmount(mountpoint)
+    except overlay.OverlayError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @main.command()

@@ -28,8 +28,13 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "allow_other": bool,
     "max_member_size": (int, str),
     "max_ratio": int,
+    "writable": str,
+    "client_file": str,
+    "catalogue": str,
+    "catalogue_query": str,
+    "catalogue_file": str,
 }
-PATH_KEYS = {"cache_dir", "cookie_file"}
+PATH_KEYS = {"cache_dir", "cookie_file", "writable", "client_file", "catalogue_file"}
 
 
 class ConfigError(Exception):

@@ -1,5 +1,9 @@
 """The mount lifecycle, in one place: everything opened in one exit stack and nursery, closed in
-reverse; SIGINT and SIGTERM end the FUSE loop, which unmounts."""
+reverse; SIGINT and SIGTERM end the FUSE loop, which unmounts.
+
+With a writable layer the library is mounted read-only at a private lower directory and
+fuse-overlayfs (osufs/overlay.py) at the mountpoint; the overlay goes first, then the lower mount,
+whether the stop comes from a signal or from someone unmounting the overlay."""
 
 from __future__ import annotations
 
@@ -15,11 +19,12 @@ import httpx
 import pyfuse3
 import trio
 
-from osufs import __version__
+from osufs import __version__, overlay
 from osufs.archive import Limits
 from osufs.errors import OsufsError
 from osufs.fs import Operations
 from osufs.library import READ_AHEAD_SETS, Library
+from osufs.overlay import LowerOperations, Overlay, OverlayError
 from osufs.sources import SourceSpec, build_sources
 from osufs.store import Store
 
@@ -45,13 +50,25 @@ class MountConfig:
     allow_other: bool = False
     read_ahead: int = READ_AHEAD_SETS
     cache_size: int | None = None  # bytes of content the cache may hold; None: no limit
+    writable: Path | None = None  # the writable layer's folder; None: a read-only mount
+    # The osu! API (osuapi=URL): its OAuth client, and which sets it lists (docs/sources.md).
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    catalogue: str | None = None  # ranked, loved, all, none; None: ranked, or none with a file
+    catalogue_query: str = ""
+    catalogue_file: Path | None = None  # set ids; the root then lists exactly those
 
 
 def fuse_options(config: MountConfig) -> set[str]:
     options = set(pyfuse3.default_options)
-    options |= {"fsname=osufs", "subtype=osufs", "ro"}
-    if config.allow_other:
-        options.add("allow_other")
+    options |= {"subtype=osufs", "ro"}
+    if config.writable is None:
+        options.add("fsname=osufs")
+        if config.allow_other:
+            options.add("allow_other")
+    else:
+        # The lower layer: only fuse-overlayfs, running as the same user, reads it.
+        options.add(f"fsname={overlay.lower_fsname(config.mountpoint)}")
     return options
 
 
@@ -76,6 +93,7 @@ async def open_library(config: MountConfig) -> AsyncIterator[Library]:
                 fetch_timeout=config.fetch_timeout,
                 offline=config.offline,
                 read_ahead=config.read_ahead,
+                catalogue_file=config.catalogue_file,
             )
             nursery.start_soon(_flush_usage_forever, store)
             try:
@@ -97,35 +115,71 @@ def raise_open_file_limit() -> None:
 
 
 async def run_mount(config: MountConfig, ready: Callable[[], None] = lambda: None) -> None:
-    """Mount, serve until unmounted or signalled, then unmount and close everything."""
+    """Mount, serve until unmounted or signalled, then unmount and close everything.
+
+    Raises OverlayError when the writable layer cannot start (after undoing the rest)."""
     raise_open_file_limit()
+    layer = None
+    if config.writable is not None:
+        layout = overlay.plan(config.mountpoint, config.writable)
+        overlay.clear_stale(layout)
+        layer = Overlay(layout, allow_other=config.allow_other)
+    failures: list[OverlayError] = []
     async with open_library(config) as library:
         if library.store.catalogue_count() == 0 and library.sources:
             # A first mount waits for the set list so the root is not empty at first sight.
             with trio.move_on_after(config.fetch_timeout):
                 await library.refresh_catalogue()
-        pyfuse3.init(Operations(library), str(config.mountpoint), fuse_options(config))
+        if layer is None:
+            operations, target = Operations(library), config.mountpoint
+        else:
+            operations, target = LowerOperations(library), layer.layout.lower
+        pyfuse3.init(operations, str(target), fuse_options(config))
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_terminate_on_signals)
+                stop = pyfuse3.terminate if layer is None else layer.terminate
+                nursery.start_soon(_terminate_on_signals, stop)
                 nursery.start_soon(_refresh_catalogue_forever, library)
-                log.info("mounted %s (cache %s)", config.mountpoint, config.cache_dir)
-                ready()
+                if layer is None:
+                    log.info("mounted %s (cache %s)", config.mountpoint, config.cache_dir)
+                    ready()
+                else:
+                    # fuse-overlayfs reads the lower mount as it starts, so it runs beside it.
+                    nursery.start_soon(_run_overlay, layer, ready, failures)
                 await pyfuse3.main()
                 nursery.cancel_scope.cancel()
         finally:
             pyfuse3.close(unmount=True)
-    log.info("unmounted %s", config.mountpoint)
+            if layer is not None:
+                with contextlib.suppress(OSError):
+                    layer.layout.lower.rmdir()  # an empty private directory; gone when unused
+    log.info("unmounted %s", target)
+    if failures:
+        raise failures[0]
 
 
-async def _terminate_on_signals() -> None:
+async def _run_overlay(
+    layer: Overlay, ready: Callable[[], None], failures: list[OverlayError]
+) -> None:
+    """The overlay for as long as it is mounted; then the lower mount ends too."""
+    try:
+        await layer.run(ready)
+    except OverlayError as error:
+        log.error("%s", error)
+        failures.append(error)
+    finally:
+        pyfuse3.terminate()
+
+
+async def _terminate_on_signals(stop: Callable[[], None]) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("%s received; unmounting", signal.Signals(signum).name)
-            pyfuse3.terminate()
+            stop()
 
 
 async def _refresh_catalogue_forever(library: Library) -> None:
+    await library.resume_catalogue()  # an unfinished paged sync goes on; listed sets get names
     while True:
         await trio.sleep(CATALOGUE_REFRESH)
         try:

@@ -11,6 +11,7 @@ from osufs.archive import ZipMember
 __all__ = [
     "LEGACY_CODEPAGES",
     "MAX_COMPONENT_BYTES",
+    "MEMBER_ROOM",
     "case_key",
     "clean_filename",
     "decode_names",
@@ -29,6 +30,12 @@ _CONTROL = dict.fromkeys([*range(32), *range(0x7F, 0xA0)])
 _DRIVE = re.compile(r"[A-Za-z]:")
 _SONGS_PREFIX = "C:\\osu!\\Songs\\"
 _MAX_PATH = 259  # Windows MAX_PATH (260) less the terminating NUL
+# A set's folder name is chosen from the set list, before any member is known, and must be the
+# same on every mount, from every source, in every cache state: it cannot depend on member
+# paths. It is capped so that C:\osu!\Songs\ (14), the folder, "\" and a member path of up
+# to MEMBER_ROOM UTF-16 units fit in 259: folders of at most 84 units. 160 holds a .osu named
+# "Artist - Title (Creator) [Version].osu" for an "Artist - Title" of about 120 characters.
+MEMBER_ROOM = 160
 _JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 
 
@@ -42,12 +49,14 @@ def _wlen(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2
 
 
-def set_folder_name(set_id: int, artist: str, title: str, longest_member: int = 0) -> str:
-    """The folder "<id> <Artist> - <Title>", cleaned, trimmed and shortened after the id so that
-    C:\\osu!\\Songs\\, the folder, a separator and the longest member fit in 259 characters.
-    Never the bare id: that name is the set's symlink to its folder."""
+def set_folder_name(set_id: int, artist: str, title: str, longest_member: int = MEMBER_ROOM) -> str:
+    """The folder "<id> <Artist> - <Title>", cleaned (osu!'s characters, and DEL and C1 controls
+    too), trimmed and shortened after the id so that C:\\osu!\\Songs\\, the folder, a separator
+    and a member path of longest_member units fit in 259 characters. Callers leave the default:
+    a fixed cap, so a name never depends on what is known of the set. Never the bare id: that
+    name is the set's symlink to its folder."""
     prefix = f"{set_id} "
-    rest = clean_filename(f"{artist} - {title}").rstrip(". ")
+    rest = clean_filename(f"{artist} - {title}").translate(_CONTROL).rstrip(". ")
     budget = _MAX_PATH - len(_SONGS_PREFIX) - 1 - longest_member - len(prefix)
     while rest and _wlen(rest) > budget:
         rest = rest[: max(0, min(len(rest) - 1, budget))].rstrip(". ")

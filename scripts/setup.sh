@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what osufs needs on a Debian or Ubuntu machine: FUSE 3 and its headers (pyfuse3
-# builds against them), a virtualenv in .venv, and the package with its test extras.
+# builds against them), fuse-overlayfs (for --writable), a virtualenv in .venv, and the
+# package with its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(fuse3 libfuse3-dev pkg-config)
+packages=(fuse3 libfuse3-dev pkg-config fuse-overlayfs)
 python3 -c 'import ensurepip' 2>/dev/null || packages+=(python3-venv)
 missing=()
 for package in "${packages[@]}"; do
