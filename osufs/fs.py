@@ -33,6 +33,7 @@ ENTRY_MASK = (1 << SET_SHIFT) - 1
 ALIAS = ENTRY_MASK  # entry number of the bare-id symlink
 # Archive contents never change: let the kernel keep entries and attributes for a day.
 TIMEOUT = 86400.0
+ROOT_FIRST_PAGE = 64
 ROOT_PAGE = 512
 BLOCK = 4096
 XATTRS = (b"user.osufs.set_id", b"user.osufs.cached", b"user.osufs.source")
@@ -192,10 +193,14 @@ class Operations(pyfuse3.Operations):
                 return
 
     async def _readdir_root(self, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        """Pages from the index; the offset is the last set id sent, so order is stable."""
+        """Pages from the index; the offset is the last set id sent, so order is stable.
+
+        Pages start small and double: the kernel takes a few hundred entries a request, and
+        every record decoded past that is wasted (100,000 sets are many requests)."""
         after = start_id
+        size = ROOT_FIRST_PAGE
         while True:
-            page = self.library.store.catalogue_page(after, ROOT_PAGE)
+            page = self.library.catalogue_page(after, size)
             if not page:
                 return
             for set_id, record in page:
@@ -203,6 +208,7 @@ class Operations(pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, os.fsencode(record.folder), attrs, set_id):
                     return
                 after = set_id
+            size = min(2 * size, ROOT_PAGE)
 
     # files
 
@@ -252,6 +258,10 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if not name.startswith(b"user."):
+            # "Not supported", unlike "no such attribute", makes ls -l stop asking for
+            # security.selinux on every entry; the kernel does not cache either answer.
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         set_id, index = split_inode(inode)
         if inode == ROOT or index == ALIAS or name not in XATTRS:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)

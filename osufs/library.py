@@ -8,12 +8,16 @@ one; one that does not sends the whole archive, which is ingested at once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
+import json
 import logging
 import os
+import re
 import time
 import zlib
+from bisect import bisect_right
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +52,28 @@ FIRST_TAIL = 16 << 10
 READ_AHEAD_SETS = 8
 # A member refused (bad CRC, cut-off body) is tried again after this many seconds.
 BAD_MEMBER_RETRY = 600.0
+# Where a paged set list (the osu! API's search) is resumed from, per source and filter. A
+# mount goes on with an unfinished sync at once, and with a finished one older than
+# RESYNC_AFTER.
+CURSORS_FILE = "catalogue-cursors.json"
+RESYNC_AFTER = 3600.0
+_SET_URL = re.compile(r"/(?:beatmapsets|s)/([0-9]+)")
+
+
+def read_catalogue_file(path: Path) -> list[int]:
+    """Set ids from a catalogue file: one a line, `#` starts a comment; a set's page URL
+    (`https://osu.ppy.sh/beatmapsets/<id>...`) counts as its id. ValueError says which line."""
+    ids: dict[int, None] = {}
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        text = re.sub(r"(^|\s)#.*", "", line).strip()
+        if not text:
+            continue
+        match = _SET_URL.search(text) if "://" in text else None
+        token = match.group(1) if match else text
+        if not token.isdigit() or int(token) < 1:
+            raise ValueError(f"{path}, line {number}: not a set id: {text!r}")
+        ids[int(token)] = None
+    return list(ids)
 
 
 @dataclass
@@ -113,6 +139,7 @@ class Library:
         fetch_timeout: float = 120.0,
         offline: bool = False,
         read_ahead: int = READ_AHEAD_SETS,
+        catalogue_file: Path | None = None,
     ) -> None:
         self.store = store
         self.sources = sources
@@ -127,14 +154,57 @@ class Library:
         self._bad_members: dict[tuple[int, int], tuple[OsufsError, float]] = {}
         self._nursery = nursery
         self._warm_pool = trio.CapacityLimiter(max(1, read_ahead))
-        self._warmed: set[int] = set()
+        self._warmed: set[int] = set()  # sets read ahead (or being read ahead)
+        self._scanned: set[int] = set()  # sets whose .osu a reader opened
         self._open_files: dict[int, int] = {}  # descriptor -> set id
+        # With a catalogue file, the root lists exactly its sets (those with a name).
+        self.catalogue_file = catalogue_file
+        self._listed = sorted(read_catalogue_file(catalogue_file)) if catalogue_file else None
+        self._syncing: set[str] = set()
+        self._naming = False
 
     # the root
 
-    async def refresh_catalogue(self) -> None:
-        """Add every set the sources list to the index."""
+    def catalogue_page(self, after: int, limit: int) -> list[tuple[int, CatalogueRecord]]:
+        """Up to limit listed sets with ids above after, in id order: the index's catalogue,
+        or with a catalogue file, the file's sets that have a name yet."""
+        if self._listed is None:
+            return self.store.catalogue_page(after, limit)
+        page: list[tuple[int, CatalogueRecord]] = []
+        for set_id in self._listed[bisect_right(self._listed, after) :]:
+            record = self.store.catalogue_get(set_id)
+            if record is not None:
+                page.append((set_id, record))
+                if len(page) >= limit:
+                    break
+        return page
+
+    async def resume_catalogue(self) -> None:
+        """At mount: go on with a paged set list a previous session left unfinished (or
+        finished over RESYNC_AFTER ago), and name the catalogue file's sets; the other lists
+        wait for the hourly refresh."""
+        cursors = self._cursors()
         for source in self.sources:
+            key = source.catalogue_key
+            if not source.catalogue_paged or key is None:
+                continue
+            saved = cursors.get(key, {})
+            at = saved.get("at")
+            stale = not isinstance(at, int | float) or time.time() - at >= RESYNC_AFTER
+            if not saved.get("done") or stale:
+                await self._sync_catalogue(source, wait=False)
+        self._start_naming()
+
+    async def refresh_catalogue(self) -> None:
+        """Add every set the sources list to the index.
+
+        A paged list (the osu! API's) is synced in the background from where the last sync
+        stopped; this returns once its first page is in."""
+        self._reload_catalogue_file()
+        for source in self.sources:
+            if source.catalogue_paged:
+                await self._sync_catalogue(source, wait=True)
+                continue
             try:
                 entries = await source.catalogue()
             except OsufsError as error:
@@ -148,6 +218,122 @@ class Library:
                 [(e.set_id, CatalogueRecord(e.folder, e.mtime_ns, source.label)) for e in entries]
             )
             log.info("%s: %d sets listed, %d new", source.label, len(entries), added)
+        self._start_naming()
+
+    def _reload_catalogue_file(self) -> None:
+        if self.catalogue_file is None:
+            return
+        try:
+            self._listed = sorted(read_catalogue_file(self.catalogue_file))
+        except (OSError, ValueError) as error:
+            log.warning("catalogue file unchanged: %s", error)
+
+    async def _sync_catalogue(self, source: Source, *, wait: bool) -> None:
+        key = source.catalogue_key
+        if key is None or key in self._syncing:
+            return
+        self._syncing.add(key)
+        first_page = trio.Event()
+        self._nursery.start_soon(self._sync, source, key, first_page)
+        if wait:
+            await first_page.wait()
+
+    async def _sync(self, source: Source, key: str, first_page: trio.Event) -> None:
+        """Page through a source's set list into the index, saving the cursor after each page
+        so the next sync (or the next mount) goes on from there."""
+        resume = self._cursors().get(key, {}).get("cursor")
+        resume = resume if isinstance(resume, str) else None
+        pages = listed = added = 0
+        try:
+            async with contextlib.aclosing(source.catalogue_pages(resume)) as stream:
+                async for entries, cursor, done in stream:
+                    added += self.store.catalogue_add(
+                        [
+                            (e.set_id, CatalogueRecord(e.folder, e.mtime_ns, source.label))
+                            for e in entries
+                        ]
+                    )
+                    listed += len(entries)
+                    pages += 1
+                    self._save_cursor(key, cursor, done)
+                    first_page.set()
+            log.info(
+                "%s: set list synced: %d pages, %d sets listed, %d new",
+                source.label,
+                pages,
+                listed,
+                added,
+            )
+        except OsufsError as error:
+            log.warning("%s: set list unavailable after %d pages: %s", source.label, pages, error)
+            refused = isinstance(error, SourceLimited) or error.errno == errno.EACCES
+            if pages == 0 and resume and not refused:
+                self._save_cursor(key, None, False)  # a cursor it no longer takes
+        except Exception:
+            log.exception("%s: reading the set list failed", source.label)
+        finally:
+            self._syncing.discard(key)
+            first_page.set()
+
+    def _cursors(self) -> dict[str, Any]:
+        try:
+            found = json.loads((self.store.root / CURSORS_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(found, dict):
+            return {}
+        return {key: value for key, value in found.items() if isinstance(value, dict)}
+
+    def _save_cursor(self, key: str, cursor: str | None, done: bool) -> None:
+        """Atomically: two mounts may share the cache directory."""
+        cursors = self._cursors()
+        cursors[key] = {"cursor": cursor, "done": done, "at": time.time()}
+        path = self.store.root / CURSORS_FILE
+        temp = path.with_name(f".{CURSORS_FILE}.{os.getpid()}")
+        try:
+            temp.write_text(json.dumps(cursors, indent=1))
+            os.replace(temp, path)
+        except OSError as error:
+            log.warning("cannot save the set list's cursor: %s", error)
+
+    def _start_naming(self) -> None:
+        if self._listed is None or self._naming or self.offline:
+            return
+        self._naming = True
+        self._nursery.start_soon(self._name_listed)
+
+    async def _name_listed(self) -> None:
+        """Name the catalogue file's sets the index does not know, from sources' metadata, one
+        at a time in the background. A set none names is listed once a lookup by id reaches its
+        archive (`ls MOUNT/<id>`): no archive is fetched just to name a set."""
+        named = unnamed = 0
+        try:
+            for set_id in list(self._listed or ()):
+                if self.store.catalogue_get(set_id) is not None:
+                    continue
+                for source in self._available_sources():
+                    try:
+                        entry = await source.catalogue_entry(set_id)
+                    except OsufsError as error:
+                        log.debug("%s: no name for set %d: %s", source.label, set_id, error)
+                        continue
+                    if entry is not None:
+                        record = CatalogueRecord(entry.folder, entry.mtime_ns, source.label)
+                        self.store.catalogue_add([(set_id, record)])
+                        named += 1
+                        break
+                else:
+                    unnamed += 1
+            if named or unnamed:
+                log.info(
+                    "catalogue file: %d sets named from metadata; %d wait for a lookup by id",
+                    named,
+                    unnamed,
+                )
+        except Exception:
+            log.exception("naming the catalogue file's sets failed")
+        finally:
+            self._naming = False
 
     async def resolve(self, set_id: int) -> CatalogueRecord:
         """The catalogue record of a set, discovering an unlisted one from the sources."""
@@ -214,7 +400,16 @@ class Library:
 
     async def _reach(self, set_id: int) -> RemoteArchive | None:
         failures: list[OsufsError] = []
-        available = self._available_sources()
+        for source in self.sources:
+            note = source.archive_warning(set_id)
+            if note:
+                _warn_once(note)
+        if not self._archive_sources():
+            raise OsufsError.io(
+                f"set {set_id}: no source serves archives (the osu! API gives only names and "
+                ".osu files); add a mirror or osu=URL"
+            )
+        available = [source for source in self._available_sources() if source.serves_archives]
         for source in available:
             path, sink = self.store.new_temp()
             try:
@@ -243,12 +438,12 @@ class Library:
                 failures.append(error)
             finally:
                 path.unlink(missing_ok=True)
-        raise self._give_up(set_id, failures, skipped=len(self.sources) - len(available))
+        raise self._give_up(set_id, failures, skipped=len(self._archive_sources()) - len(available))
 
     def _give_up(self, set_id: int, failures: list[OsufsError], skipped: int = 0) -> OsufsError:
         """The error for a set no source served; fails at once, never waits for a limit."""
         if not failures:
-            soonest = min((s.limited_until for s in self.sources), default=0.0)
+            soonest = min((s.limited_until for s in self._archive_sources()), default=0.0)
             when = time.strftime("%H:%M:%S", time.localtime(soonest))
             return OsufsError.io(
                 f"set {set_id}: every source is rate limited; the first is free again at {when}"
@@ -259,7 +454,8 @@ class Library:
             # A rate-limited source was not asked, so "missing" is not known yet.
             now = time.time()
             soonest = min(
-                (s.limited_until for s in self.sources if s.limited_until > now), default=now
+                (s.limited_until for s in self._archive_sources() if s.limited_until > now),
+                default=now,
             )
             when = time.strftime("%H:%M:%S", time.localtime(soonest))
             failures = [*failures, OsufsError.io(f"the others are rate limited until {when}")]
@@ -275,6 +471,9 @@ class Library:
     def _available_sources(self) -> list[Source]:
         now = time.time()
         return [source for source in self.sources if source.limited_until <= now]
+
+    def _archive_sources(self) -> list[Source]:
+        return [source for source in self.sources if source.serves_archives]
 
     async def _read_directory(
         self, remote: RemoteArchive, tail: bytes
@@ -405,9 +604,11 @@ class Library:
         # Only where ranges work (reading ahead must never download whole archives) and the
         # source has no allowance a guess could waste.
         remote = self._remotes.get(set_id)
-        if self.read_ahead and set_id not in self._warmed and remote and not remote.source.metered:
+        if self.read_ahead and set_id not in self._scanned and remote and not remote.source.metered:
             listing = self.store.listing_get(set_id)
             if listing is not None and _is_osu(listing.entries[index].name):
+                # Each set a scan enters moves the window on, so it never drains.
+                self._scanned.add(set_id)
                 self._start_read_ahead(set_id)
         return path
 
@@ -585,7 +786,7 @@ class Library:
 
     def _start_read_ahead(self, set_id: int) -> None:
         """Fetch the .osu files of this set and the next few, as a scan will want them."""
-        upcoming = [set_id] + [n for n, _ in self.store.catalogue_page(set_id, self.read_ahead)]
+        upcoming = [set_id] + [n for n, _ in self.catalogue_page(set_id, self.read_ahead)]
         for next_id in upcoming:
             if next_id not in self._warmed:
                 self._warmed.add(next_id)
@@ -595,11 +796,73 @@ class Library:
         async with self._warm_pool:
             try:
                 listing = await self.listing(set_id)
-                for index in listing.children(0):
-                    if _is_osu(listing.entries[index].name):
-                        await self.member_file(set_id, index)
             except OsufsError as error:
                 log.debug("read-ahead of set %d stopped: %s", set_id, error)
+                return
+            cached = self.store.cached_entries(set_id)
+            wanted = [
+                index
+                for index in listing.children(0)
+                if _is_osu(listing.entries[index].name) and index not in cached
+            ]
+            remote = self._remotes.get(set_id)
+            if remote is not None:
+                await self._fetch_members_together(remote, listing, wanted)
+                return
+            async with trio.open_nursery() as nursery:  # a set's .osu files in parallel
+                for index in wanted:
+                    nursery.start_soon(self._warm_member, set_id, index)
+
+    async def _fetch_members_together(
+        self, remote: RemoteArchive, listing: SetListing, indexes: list[int]
+    ) -> None:
+        """Fetch several members in as few ranged requests as their places in the archive
+        allow, and index them in one commit (a cold scan's round trips and fsyncs)."""
+        foreign = self._foreign.get(remote.set_id)
+        members = {}
+        for index in indexes:
+            member = listing.members[listing.entries[index].member]
+            member = member if foreign is None else foreign.get(index)
+            if member is not None and member.compressed_size <= RANGED_MEMBER_LIMIT:
+                members[index] = member
+        blobs = []
+        try:
+            for start, end, group in _spans(members):
+                data = await remote.read(start, end - start)
+                for index in group:
+                    blob = await self._blob_from_span(
+                        remote.set_id, index, members[index], data, start
+                    )
+                    if blob is not None:
+                        blobs.append(blob)
+        except OsufsError as error:
+            log.debug("read-ahead of set %d: %s", remote.set_id, error)
+        await trio.to_thread.run_sync(self.store.commit_blobs, blobs)
+
+    async def _blob_from_span(
+        self, set_id: int, index: int, member: ZipMember, data: bytes, start: int
+    ) -> PendingBlob | None:
+        """One member cut out of a span of the archive; None if the span missed part of it
+        (a long local extra field: an ordinary read will fetch it)."""
+        header = member.header_offset - start
+        try:
+            archive.check_member(member, self.limits)
+            first = archive.data_offset(member, data[header : header + archive.LOCAL_HEADER_SIZE])
+            compressed = data[first - start : first - start + member.compressed_size]
+            if len(compressed) < member.compressed_size:
+                return None
+            return await trio.to_thread.run_sync(
+                self._write_member, set_id, index, _reader(compressed), member
+            )
+        except MemberError as error:
+            self._note_bad_member(set_id, index, error)
+            return None
+
+    async def _warm_member(self, set_id: int, index: int) -> None:
+        try:
+            await self.member_file(set_id, index)
+        except OsufsError as error:
+            log.debug("read-ahead of set %d, member %d: %s", set_id, index, error)
 
     async def _fetch_member(self, remote: RemoteArchive, index: int, member: ZipMember) -> None:
         try:
@@ -681,6 +944,30 @@ def _match_members(
 
 def _absent(listing: SetListing, index: int) -> MemberError:
     return MemberError(f"{listing.path(index)} is not in this source's copy of the archive")
+
+
+# Members closer than this in the archive are fetched in one request, gap included.
+SPAN_GAP = 64 << 10
+
+
+def _spans(members: dict[int, ZipMember]) -> list[tuple[int, int, list[int]]]:
+    """(start, end, entry indexes) of archive ranges covering the members, neighbours merged."""
+    spans: list[tuple[int, int, list[int]]] = []
+    for index, member in sorted(members.items(), key=lambda item: item[1].header_offset):
+        start = member.header_offset
+        end = (
+            start
+            + archive.LOCAL_HEADER_SIZE
+            + len(member.raw_name)
+            + LOCAL_HEADER_SLACK
+            + member.compressed_size
+        )
+        if spans and start - spans[-1][1] <= SPAN_GAP and end - spans[-1][0] <= RANGED_MEMBER_LIMIT:
+            first, last, group = spans[-1]
+            spans[-1] = (first, max(last, end), [*group, index])
+        else:
+            spans.append((start, end, [index]))
+    return spans
 
 
 def _reader(data: bytes) -> Callable[[int], bytes]:

@@ -1,8 +1,10 @@
-"""Where bytes come from: Hexide mirrors, the official site, plain download mirrors.
+"""Where bytes come from: Hexide mirrors, the official site, the osu! API, download mirrors.
 
 Every HTTP answer is judged in one place (`_judge`), so a status means the same thing for every
-source. Redirects are followed by hand: a secret header (the site's cookie) goes only to the
-origin it belongs to, never to the host a redirect points at.
+source. Redirects are followed by hand: a secret header (the site's cookie, the API's token) goes
+only to the origin it belongs to, never to the host a redirect points at. Rate-limit headers
+(`x-ratelimit-remaining`, `x-ratelimit-reset`) are read from every answer, so a source that says
+its budget is spent is rested before it has to answer 429. docs/sources.md describes every kind.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, BinaryIO, Protocol
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 import trio
 
 from osufs.errors import OsufsError
-from osufs.names import set_folder_name
+from osufs.names import clean_filename, set_folder_name
+from osufs.osufile import difficulty_filename
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,67 @@ SET_INFO_CACHE = 256
 MAX_CATALOGUE_JSON = 256 << 20
 MAX_SET_INFO_JSON = 4 << 20
 MAX_OSU_SIZE = 4 << 20
+MAX_SEARCH_JSON = 16 << 20
+MAX_SMALL_JSON = 64 << 10
+# The site's own count of downloads in the last hour (`/home/download-quota-check`) is read
+# before the first download of a session, then after every QUOTA_CHECK_EVERY downloads or
+# QUOTA_CHECK_INTERVAL seconds, whichever comes first; a check never holds a download up for
+# more than QUOTA_CHECK_TIMEOUT.
+QUOTA_CHECK_EVERY = 10
+QUOTA_CHECK_INTERVAL = 600.0
+QUOTA_CHECK_TIMEOUT = 5.0
+# A mirror that answers 418 has banned this address. Mino (catboy.best) does so past its limit
+# and does not say for how long; an hour leaves it alone long enough not to prolong the ban,
+# while the other sources carry on. A longer Retry-After wins.
+MIRROR_BAN_PAUSE = 3600.0
+# The osu! API: its documentation asks for at most 60 requests a minute. A bucket of API_BURST
+# that refills at API_PER_MINUTE never lets more than 60 through in any minute. Background
+# work (the catalogue, naming listed sets) takes a token only while CATALOGUE_RESERVE stay in
+# the bucket, so a reader waiting on the API is always served first. A reader waits at most
+# API_WAIT for a token; past that the request fails over to the next source.
+API_BURST = 10
+API_PER_MINUTE = 50
+CATALOGUE_RESERVE = 5
+API_WAIT = 10.0
+# Single .osu files (`/osu/<beatmap id>`) are a page of the site, not of the API, and their
+# limit is not published; they get a bucket of their own of the same shape: 60 in any minute.
+FILES_BURST = 10
+FILES_PER_MINUTE = 50
+# A token is renewed this long before the site says it expires (at most a tenth of its life).
+TOKEN_MARGIN = 60.0
+# The API's search answers 50 sets a page; one sync reads at most this many pages (about
+# 100,000 sets, some 40 minutes at the background rate) and the next refresh goes on from its
+# cursor.
+CATALOGUE_MAX_PAGES = 2000
+# --catalogue: the API's `s=` status filter (osu-web BeatmapsetSearchRequestParams) and a sort
+# under which sets that appear later come last, so a saved cursor finds them on the next sync.
+CATALOGUES: dict[str, tuple[str, str]] = {
+    "ranked": ("ranked", "ranked_asc"),  # ranked and approved
+    "loved": ("loved", "ranked_asc"),
+    "all": ("any", "updated_asc"),  # every status, graveyard included
+}
+OSU_SITE = "https://osu.ppy.sh"
+# Mirrors by name: their default base and the path after it, in the `url=` template syntax
+# ({id}; {novideo:TEXT|ELSE}). `--source NAME` uses the default base; `--source NAME=URL` keeps
+# the path on another base (a regional host, a test server).
+MIRRORS: dict[str, tuple[str, str]] = {
+    "catboy": ("https://catboy.best", "/d/{id}{novideo:n}"),
+    "nerinyan": ("https://api.nerinyan.moe", "/d/{id}{novideo:?noVideo=1}"),
+    "osudirect": ("https://osu.direct", "/api/d/{id}{novideo:?noVideo=1}"),
+    "sayobot": ("https://dl.sayobot.cn", "/beatmaps/download/{novideo:novideo|full}/{id}"),
+}
+# Kinds that need no URL: `--source catboy` is `--source catboy=https://catboy.best`.
+DEFAULT_URLS: dict[str, str] = {
+    "osu": OSU_SITE,
+    "osuapi": OSU_SITE,
+    **{name: base for name, (base, _path) in MIRRORS.items()},
+}
+CLIENT_MISSING = (
+    "the osu! API needs an OAuth client (create one under Settings > OAuth on the site): put "
+    "client_id=... and client_secret=... in a file only you can read and pass --client-file, "
+    "or set OSUFS_CLIENT_ID and OSUFS_CLIENT_SECRET"
+)
+CLIENT_REFUSED = "the osu! API refused the client id and secret; check the --client-file"
 
 
 class SourceMissing(OsufsError):
@@ -114,13 +179,17 @@ class Pacer:
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) / self.interval)
         self._stamp = now
 
-    def take(self) -> float:
-        """Take a token: 0.0 when one was free, else the seconds until one will be."""
+    def take(self, reserve: float = 0.0) -> float:
+        """Take a token: 0.0 when one was free, else the seconds until one will be.
+
+        With `reserve`, a token is taken only while that many more stay in the bucket:
+        background work leaves them to readers, who then always go first."""
         self._refill()
-        if self._tokens >= 1.0:
+        need = 1.0 + min(reserve, self.burst - 1.0)
+        if self._tokens >= need:
             self._tokens -= 1.0
             return 0.0
-        return (1.0 - self._tokens) * self.interval
+        return (need - self._tokens) * self.interval
 
     def give_back(self) -> None:
         """Return a token for a request the server did not count."""
@@ -131,6 +200,17 @@ class Pacer:
         """The server says the allowance is spent, whatever the bucket thought."""
         self._refill()
         self._tokens = min(self._tokens, 0.0)
+
+    def agree(self, used: int) -> bool:
+        """The server counts `used` requests in its window: keep no more than `burst - used`
+        tokens, and at worst owe one burst (a wait of at most `burst` intervals). Never adds
+        tokens. True when the bucket had to give some up."""
+        self._refill()
+        target = float(max(self.burst - used, -self.burst))
+        if target < self._tokens:
+            self._tokens = target
+            return True
+        return False
 
 
 class _ArchiveDigest:
@@ -185,12 +265,21 @@ class Source:
     limit_default = LIMIT_DEFAULT
     # Whether every set reached spends a scarce allowance (then nothing is fetched speculatively).
     metered = False
+    # Whether it serves archives at all (the osu! API serves only metadata and .osu files).
+    serves_archives = True
+    # Whether its set list comes in pages over time (then the library syncs it in the
+    # background and keeps a cursor), rather than in one answer.
+    catalogue_paged = False
 
     def __init__(self, client: httpx.AsyncClient, base: str, *, no_video: bool = False) -> None:
         self.client = client
         self.base = base
         self.no_video = no_video
         self.limited_until = 0.0
+        # Until then nothing is sent to the source's own origin: its headers said its budget was
+        # spent, or it banned us (418). Unlike a 429, this is known before anything is refused.
+        self.blocked_until = 0.0
+        self._blocked_why = ""
         self.retries = RETRIES
         self.retry_delay = RETRY_BASE_DELAY
         self.bytes_received = 0
@@ -209,6 +298,10 @@ class Source:
         """Headers for the source's own origin only."""
         return {}
 
+    def secret_headers_for(self, url: str) -> dict[str, str]:
+        """The secret headers a request to `url` may carry: none off the source's origin."""
+        return self.secret_headers() if _origin(url) == _origin(self.base) else {}
+
     def download_headers(self, set_id: int) -> dict[str, str]:
         return {}
 
@@ -223,13 +316,35 @@ class Source:
         """The sets this source lists; empty when it has no list."""
         return []
 
+    @property
+    def catalogue_key(self) -> str | None:
+        """What a saved catalogue cursor belongs to; None when the list is not paged."""
+        return None
+
+    async def catalogue_pages(
+        self, resume: str | None
+    ) -> AsyncIterator[tuple[list[CatalogueEntry], str | None, bool]]:
+        """The set list as (entries, cursor to resume after them, whether that was the end).
+
+        One page holding the whole list, unless the source pages it (`catalogue_paged`)."""
+        yield await self.catalogue(), None, True
+
     async def folder_name(self, set_id: int) -> str | None:
         """The set's folder name from the source's metadata, if it has any."""
         return None
 
-    async def json(self, url: str, limit: int) -> Any:
+    async def catalogue_entry(self, set_id: int) -> CatalogueEntry | None:
+        """A set's name and time from the source's metadata, for listing it without its
+        archive; None when the source has no metadata. May wait: it is background work."""
+        return None
+
+    def archive_warning(self, set_id: int) -> str | None:
+        """What the source already knows against the set's archive (no request is made)."""
+        return None
+
+    async def json(self, url: str, limit: int, headers: dict[str, str] | None = None) -> Any:
         """A JSON document of at most `limit` bytes; anything else is the source's fault."""
-        async with self.stream("GET", url) as response:
+        async with self.stream("GET", url, headers=headers) as response:
             body = await _read_body(response, limit)
         try:
             return json.loads(body)
@@ -261,7 +376,12 @@ class Source:
         failed: a file host's hiccup must not cost another download from the site."""
         attempt = 0
         redirects = 0
+        redirected = False
         while True:
+            if not redirected:
+                # A rest begun by this very answer does not cut off the redirect it sent.
+                self._check_blocked(url)
+            redirected = False
             try:
                 response = await self._send(method, url, headers)
             except httpx.TimeoutException as error:
@@ -273,12 +393,14 @@ class Source:
                 await self._backoff(attempt, error)
                 attempt += 1
                 continue
+            self._note_rate_headers(response)
             if response.is_redirect and "location" in response.headers:
                 await response.aclose()
                 redirects += 1
                 if redirects > MAX_REDIRECTS:
                     raise OsufsError.io(f"{self.label}: too many redirects")
                 url = urljoin(url, response.headers["location"])
+                redirected = True
                 continue
             try:
                 _judge(self, response)
@@ -294,8 +416,7 @@ class Source:
 
     async def _send(self, method: str, url: str, headers: dict[str, str]) -> httpx.Response:
         sent = dict(headers)
-        if _origin(url) == _origin(self.base):
-            sent.update(self.secret_headers())
+        sent.update(self.secret_headers_for(url))
         request = self.client.build_request(method, url, headers=sent, timeout=_hop_timeout())
         if not any(name.lower() == "cookie" for name in sent):
             # The client's jar keeps whatever Set-Cookie any server sent and would hand it to
@@ -303,6 +424,59 @@ class Source:
             # cookie osufs sends is the one it adds itself, to its own origin.
             request.headers.pop("cookie", None)
         return await self.client.send(request, stream=True)
+
+    def _check_blocked(self, url: str) -> None:
+        """Refuse, without sending, a request to the source's origin while it is rested."""
+        if self.blocked_until > time.time() and _origin(url) == _origin(self.base):
+            raise SourceLimited(
+                f"{self.label}: {self._blocked_why}; not asked until {_clock(self.blocked_until)}",
+                self.blocked_until,
+            )
+
+    def rest(self, until: float, why: str, *, warn: bool = False) -> None:
+        """Send nothing to the source until `until`; said in the log once per rest."""
+        if until <= self.blocked_until:
+            return
+        fresh = self.blocked_until <= time.time()
+        self.blocked_until = until
+        self._blocked_why = why
+        self.limited_until = max(self.limited_until, until)
+        if fresh:
+            log.log(
+                logging.WARNING if warn else logging.INFO,
+                "%s: %s; not asked again until %s",
+                self.label,
+                why,
+                _clock(until),
+            )
+
+    def _note_rate_headers(self, response: httpx.Response) -> None:
+        """A source whose headers say no request is left is rested until their reset."""
+        if _origin(str(response.url)) != _origin(self.base):
+            return  # a file host's budget is not the source's
+        remaining = response.headers.get("x-ratelimit-remaining", "").strip()
+        try:
+            left = float(remaining)
+        except ValueError:
+            return
+        if left >= 1:
+            return
+        until = _reset_time(response.headers.get("x-ratelimit-reset"), self.limit_default)
+        self.rest(until, "its rate limit is spent (x-ratelimit-remaining: 0)")
+
+    def banned(self, response: httpx.Response) -> SourceLimited:
+        """The error for a 418: the mirror has banned this address for now; leave it alone."""
+        now = time.time()
+        until = max(
+            parse_retry_after(response.headers.get("retry-after"), MIRROR_BAN_PAUSE, now),
+            now + MIRROR_BAN_PAUSE,
+        )
+        self.rest(
+            until,
+            "answered 418: it has banned this address for now, usually for asking too often",
+            warn=True,
+        )
+        return SourceLimited(f"{self.label}: banned for now (HTTP 418)", until)
 
     async def _backoff(self, attempt: int, error: Exception) -> None:
         """Sleep before retry `attempt + 1`, or raise when none is left or time is short."""
@@ -433,6 +607,12 @@ class HexideSource(Source):
         artist, _, title = full.partition(" - ")
         return set_folder_name(set_id, artist, title)
 
+    async def catalogue_entry(self, set_id: int) -> CatalogueEntry | None:
+        folder = await self.folder_name(set_id)
+        if folder is None:
+            return None
+        return CatalogueEntry(set_id, folder, _date_ns(await self.set_info(set_id)))
+
     async def difficulty_bytes(self, set_id: int, path: str) -> bytes | None:
         """`/metadata/<id>/raw`, checked against the md5 the set info lists."""
         wanted = path.casefold()
@@ -505,6 +685,10 @@ class OsuSiteSource(Source):
         self.pacer = pacer or Pacer(OSU_BURST, OSU_PER_HOUR)
         self.refused_until = 0.0
         self._refusal_told = False
+        self._quota_lock = trio.Lock()
+        self._quota_checked: float | None = None  # monotonic time of the last check
+        self._downloads_since_check = 0
+        self._quota_unsupported = False
 
     def secret_headers(self) -> dict[str, str]:
         return {"Cookie": self._cookie} if self._cookie else {}
@@ -529,9 +713,59 @@ class OsuSiteSource(Source):
         what = "refused the session cookie" if self._cookie else "needs a session cookie"
         return OsufsError(errno.EACCES, f"{self.label}: the site {what} (HTTP 401)")
 
+    async def check_quota(self) -> None:
+        """Read the site's own count of this hour's downloads and make the pacer agree.
+
+        Asked before the first download, then every QUOTA_CHECK_EVERY downloads or
+        QUOTA_CHECK_INTERVAL seconds; one check at a time, and never for long. A refused cookie
+        is reported (and raised) here, before any download is tried."""
+        if self._quota_unsupported or self._quota_lock.locked():
+            return
+        now = time.monotonic()
+        if (
+            self._quota_checked is not None
+            and self._downloads_since_check < QUOTA_CHECK_EVERY
+            and now - self._quota_checked < QUOTA_CHECK_INTERVAL
+        ):
+            return
+        async with self._quota_lock:
+            self._quota_checked = now
+            self._downloads_since_check = 0
+            url = f"{self.base.rstrip('/')}/home/download-quota-check"
+            info: Any = None
+            try:
+                with trio.move_on_after(QUOTA_CHECK_TIMEOUT):
+                    info = await self.json(url, MAX_SMALL_JSON, {"Accept": "application/json"})
+            except SourceMissing:
+                self._quota_unsupported = True
+                log.debug("%s: no download quota check here", self.label)
+                return
+            except SourceLimited:
+                raise
+            except OsufsError as error:
+                if error.errno == errno.EACCES:
+                    raise
+                log.debug("%s: download quota check failed: %s", self.label, error)
+                return
+            used = info.get("quota_used") if isinstance(info, dict) else None
+            if not isinstance(used, int) or isinstance(used, bool):
+                log.debug("%s: the download quota check said %r", self.label, info)
+                return
+            if self.pacer.agree(used):
+                log.info(
+                    "%s: the site counts %d downloads in the last hour; pacing from there",
+                    self.label,
+                    used,
+                )
+
     async def open_archive(self, set_id: int, tail: int, sink: BinaryIO) -> RemoteArchive | None:
         if self.refused_until > time.time():
             raise self._refused_error()
+        try:
+            await self.check_quota()
+        except SourceLimited:
+            self.pacer.drain()
+            raise
         wait = self.pacer.take()
         if wait > 0:
             until = time.time() + wait
@@ -541,7 +775,7 @@ class OsuSiteSource(Source):
                 until,
             )
         try:
-            return await super().open_archive(set_id, tail, sink)
+            remote = await super().open_archive(set_id, tail, sink)
         except SourceLimited:
             self.pacer.drain()
             raise
@@ -550,6 +784,8 @@ class OsuSiteSource(Source):
             if isinstance(error, SourceMissing) or error.errno == errno.EACCES:
                 self.pacer.give_back()
             raise
+        self._downloads_since_check += 1
+        return remote
 
 
 # `{novideo:TEXT}` is TEXT with --no-video and nothing without; `{novideo:TEXT|ELSE}` is TEXT
@@ -565,6 +801,360 @@ class TemplateSource(Source):
     def download_url(self, set_id: int) -> str:
         url = _NOVIDEO.sub(lambda m: m.group(1) if self.no_video else m.group(2) or "", self.base)
         return url.replace("{id}", str(set_id))
+
+
+class MirrorSource(TemplateSource):
+    """A download mirror known by name (MIRRORS): its URL shape on its own base or another."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, base: str, *, name: str, no_video: bool = False
+    ) -> None:
+        super().__init__(client, base.rstrip("/") + MIRRORS[name][1], no_video=no_video)
+        self.kind = name
+
+
+class _TokenRefused(OsufsError):
+    """The API refused the access token (401): it expired early or was revoked."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EACCES, message)
+
+
+class OsuApiSource(Source):
+    """The osu! API v2 with a client-credentials token, and the site's single .osu files.
+
+    It names sets (`/api/v2/beatmapsets/<id>`), lists the catalogue (`/beatmapsets/search`,
+    paged by `cursor_string`), and serves a set's .osu files by beatmap id from `/osu/<id>`,
+    checked against the md5 the API gives. It serves no archives: the library never asks it
+    for one. API requests are paced (API_BURST, API_PER_MINUTE); `/osu/` has its own bucket.
+    The token goes only to `/api/` on the source's own origin.
+    """
+
+    kind = "osuapi"
+    serves_archives = False
+    catalogue_paged = True
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base: str,
+        credentials: tuple[str, str] | None,
+        *,
+        no_video: bool = False,
+        catalogue: str | None = "ranked",
+        query: str = "",
+        pacer: Pacer | None = None,
+        files_pacer: Pacer | None = None,
+    ) -> None:
+        super().__init__(client, base, no_video=no_video)
+        if catalogue is not None and catalogue not in CATALOGUES:
+            raise ValueError(f"unknown catalogue {catalogue!r}; expected one of {list(CATALOGUES)}")
+        self._credentials = credentials
+        self._token: str | None = None
+        self._token_expires = 0.0
+        self._token_lock = trio.Lock()
+        self._refusal_told = False
+        self.refused_until = 0.0
+        self.pacer = pacer or Pacer(API_BURST, API_PER_MINUTE * 60)
+        self.files_pacer = files_pacer or Pacer(FILES_BURST, FILES_PER_MINUTE * 60)
+        self.catalogue_filter = catalogue
+        self.catalogue_query = query
+        self._set_infos: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self.grants = 0  # tokens obtained
+
+    @property
+    def _root(self) -> str:
+        return self.base.rstrip("/")
+
+    def download_url(self, set_id: int) -> str:
+        raise OsufsError.io(f"{self.label}: the API serves no archives")
+
+    async def open_archive(self, set_id: int, tail: int, sink: BinaryIO) -> RemoteArchive | None:
+        raise OsufsError.io(f"{self.label}: the API serves no archives")
+
+    # the token
+
+    def secret_headers_for(self, url: str) -> dict[str, str]:
+        parts = urlsplit(url)
+        if self._token is None or (parts.scheme, parts.netloc) != _origin(self.base):
+            return {}
+        if not parts.path.startswith("/api/"):
+            return {}  # /osu/<id> and the rest of the site need no token
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def refusal(self, response: httpx.Response) -> OsufsError:
+        if _origin(str(response.url)) == _origin(self.base) and response.url.path.startswith(
+            "/api/"
+        ):
+            return _TokenRefused(f"{self.label}: the API refused the access token (HTTP 401)")
+        return super().refusal(response)
+
+    def _credentials_refused(self) -> OsufsError:
+        if self._credentials is None:
+            return OsufsError(errno.EACCES, f"{self.label}: no client id and secret")
+        return OsufsError(errno.EACCES, f"{self.label}: the client id and secret were refused")
+
+    async def _authorize(self) -> None:
+        """Have a token that has not expired: reuse it, or ask `/oauth/token` for one."""
+        if self._token is not None and time.time() < self._token_expires:
+            return
+        async with self._token_lock:
+            if self._token is not None and time.time() < self._token_expires:
+                return
+            self._token = None
+            if self._credentials is None or self.refused_until > time.time():
+                raise self._credentials_refused()
+            await self._pace(self.pacer)
+            client_id, secret = self._credentials
+            form = {
+                "client_id": client_id,
+                "client_secret": secret,
+                "grant_type": "client_credentials",
+                "scope": "public",
+            }
+            url = f"{self._root}/oauth/token"
+            self._check_blocked(url)
+            request = self.client.build_request(
+                "POST",
+                url,
+                data=form,
+                headers={"Accept": "application/json"},
+                timeout=_hop_timeout(),
+            )
+            request.headers.pop("cookie", None)
+            try:
+                response = await self.client.send(request, stream=True)
+            except httpx.HTTPError as error:
+                raise OsufsError.io(f"{self.label}: no token: {_describe(error)}") from None
+            try:
+                self._note_rate_headers(response)
+                if response.status_code in (400, 401):
+                    # invalid_client: a wrong id or secret will not become right by asking again.
+                    self.refused_until = time.time() + OSU_REFUSED_PAUSE
+                    if not self._refusal_told:
+                        self._refusal_told = True
+                        log.warning("%s", CLIENT_REFUSED)
+                    raise self._credentials_refused()
+                try:
+                    _judge(self, response)
+                except _ServerError as error:
+                    raise OsufsError.io(f"{self.label}: no token: {error}") from None
+                body = await _read_body(response, MAX_SMALL_JSON)
+            except httpx.HTTPError as error:
+                raise OsufsError.io(f"{self.label}: no token: {_describe(error)}") from None
+            finally:
+                await response.aclose()
+            try:
+                grant = json.loads(body)
+                token = str(grant["access_token"])
+                lifetime = float(grant.get("expires_in") or 3600)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise OsufsError.io(f"{self.label}: the token answer is not a token") from None
+            self._token = token
+            self._token_expires = time.time() + lifetime - min(TOKEN_MARGIN, lifetime / 10)
+            self.grants += 1
+
+    async def _pace(self, pacer: Pacer, *, background: bool = False, what: str = "API") -> None:
+        """Wait for a token of `pacer`. Background work waits as long as it takes and lets
+        readers go first; a reader waits at most API_WAIT (and within its deadline), then the
+        request fails over with SourceLimited."""
+        reserve = CATALOGUE_RESERVE if background else 0.0
+        while (wait := pacer.take(reserve)) > 0:
+            if not background and (
+                wait > API_WAIT or trio.current_time() + wait >= trio.current_effective_deadline()
+            ):
+                until = time.time() + wait
+                raise SourceLimited(
+                    f"{self.label}: pacing {what} requests; the next can start at {_clock(until)}",
+                    until,
+                )
+            await trio.sleep(wait)
+
+    async def _api(self, url: str, limit: int, *, background: bool = False) -> Any:
+        """An API answer, with a token; a refused token is renewed once."""
+        for attempt in range(2):
+            await self._authorize()
+            await self._pace(self.pacer, background=background)
+            token = self._token
+            try:
+                return await self.json(url, limit, {"Accept": "application/json"})
+            except _TokenRefused:
+                if self._token == token:
+                    self._token = None
+                if attempt:
+                    raise OsufsError(
+                        errno.EACCES, f"{self.label}: the API refused a fresh token (HTTP 401)"
+                    ) from None
+                log.info("%s: the access token was refused; asking for a new one", self.label)
+            except SourceLimited as error:
+                if error.until > time.time():
+                    self.rest(error.until, "the API says it is rate limited (HTTP 429)")
+                raise
+        raise AssertionError("unreachable")
+
+    # set info and names
+
+    async def set_info(self, set_id: int, *, background: bool = False) -> dict[str, Any]:
+        """`/api/v2/beatmapsets/<id>`, kept for the few sets a scan is working through."""
+        if set_id in self._set_infos:
+            self._set_infos.move_to_end(set_id)
+            return self._set_infos[set_id]
+        url = f"{self._root}/api/v2/beatmapsets/{set_id}"
+        info = await self._api(url, MAX_SET_INFO_JSON, background=background)
+        if not isinstance(info, dict):
+            raise OsufsError.io(f"{self.label}: set {set_id}: set info is not an object")
+        self._set_infos[set_id] = info
+        if len(self._set_infos) > SET_INFO_CACHE:
+            self._set_infos.popitem(last=False)
+        return info
+
+    async def folder_name(self, set_id: int) -> str | None:
+        return _api_folder(set_id, await self.set_info(set_id))
+
+    async def catalogue_entry(self, set_id: int) -> CatalogueEntry | None:
+        info = await self.set_info(set_id, background=True)
+        folder = _api_folder(set_id, info)
+        return CatalogueEntry(set_id, folder, _iso_ns(info.get("last_updated"))) if folder else None
+
+    def archive_warning(self, set_id: int) -> str | None:
+        info = self._set_infos.get(set_id)
+        availability = info.get("availability") if info else None
+        if not isinstance(availability, dict) or not availability.get("download_disabled"):
+            return None
+        more = str(availability.get("more_information") or "").strip()
+        reason = f" ({more})" if more else ""
+        return (
+            f"set {set_id}: osu! has disabled its download{reason}; only a mirror that kept a "
+            "copy can serve it"
+        )
+
+    # the catalogue
+
+    @property
+    def catalogue_key(self) -> str | None:
+        if self.catalogue_filter is None:
+            return None
+        status, sort = CATALOGUES[self.catalogue_filter]
+        return f"{self._root} s={status} sort={sort} q={self.catalogue_query}"
+
+    async def catalogue_pages(
+        self, resume: str | None
+    ) -> AsyncIterator[tuple[list[CatalogueEntry], str | None, bool]]:
+        """`/api/v2/beatmapsets/search`, page after page from `resume`, in the background."""
+        if self.catalogue_filter is None:
+            return
+        status, sort = CATALOGUES[self.catalogue_filter]
+        cursor = resume
+        for _page in range(CATALOGUE_MAX_PAGES):
+            params = {"s": status, "sort": sort, "nsfw": "true"}
+            if self.catalogue_query:
+                params["q"] = self.catalogue_query
+            if cursor:
+                params["cursor_string"] = cursor
+            url = f"{self._root}/api/v2/beatmapsets/search?{urlencode(params)}"
+            page = await self._api(url, MAX_SEARCH_JSON, background=True)
+            items = page.get("beatmapsets") if isinstance(page, dict) else None
+            if not isinstance(items, list):
+                raise OsufsError.io(f"{self.label}: the search answer holds no set list")
+            entries = []
+            for item in items:
+                try:
+                    set_id = int(item["id"])
+                except (KeyError, TypeError, ValueError):
+                    continue
+                folder = _api_folder(set_id, item) if isinstance(item, dict) else None
+                if set_id > 0 and folder:
+                    entries.append(
+                        CatalogueEntry(set_id, folder, _iso_ns(item.get("last_updated")))
+                    )
+            following = page.get("cursor_string")
+            following = following if isinstance(following, str) and following else None
+            # At the end, keep the cursor of the last page: the next sync reads it again and
+            # whatever came after it since.
+            yield entries, following or cursor, following is None
+            if following is None:
+                return
+            cursor = following
+
+    # single .osu files
+
+    async def difficulty_bytes(self, set_id: int, path: str) -> bytes | None:
+        """`/osu/<beatmap id>` for the difficulty the file name names, checked by its md5."""
+        if "/" in path or not path.lower().endswith(".osu"):
+            return None  # only a set's top-level .osu files are difficulties
+        try:
+            info = await self.set_info(set_id)
+            beatmap = _beatmap_for(info, path)
+            if beatmap is None:
+                return None
+            await self._pace(self.files_pacer, what=".osu file")
+        except OsufsError as error:
+            if not isinstance(error, SourceLimited) and error.errno != errno.EACCES:
+                raise
+            # Paced, or no usable client (said once already): the archive's copy will do.
+            log.debug("%s: set %d: %s: %s", self.label, set_id, path, error)
+            return None
+        async with self.stream("GET", f"{self._root}/osu/{int(beatmap['id'])}") as response:
+            data = await _read_body(response, MAX_OSU_SIZE)
+        expected = str(beatmap.get("checksum") or "").lower()
+        if expected and hashlib.md5(data).hexdigest() != expected:
+            log.warning("%s: set %d: %s does not match its md5", self.label, set_id, path)
+            return None
+        return data
+
+
+def _api_folder(set_id: int, info: dict[str, Any]) -> str | None:
+    """The folder name from the API's romanised artist and title (as the site names downloads)."""
+    artist = str(info.get("artist") or "")
+    title = str(info.get("title") or "")
+    return set_folder_name(set_id, artist, title) if artist or title else None
+
+
+def _beatmap_for(info: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """The beatmap a difficulty file name stands for: `Artist - Title (Creator) [Version].osu`
+    from the set info, compared case-insensitively, where Creator is the set's creator or one
+    of the beatmap's `owners` (guest difficulties); failing that (a renamed creator, edited
+    metadata), the one beatmap whose `[Version].osu` ends the name. Its bytes are checked
+    against the archive's size and CRC anyway, so a wrong guess costs a request, not data."""
+    beatmaps = info.get("beatmaps")
+    if not isinstance(beatmaps, list):
+        return None
+    artist = str(info.get("artist") or "")
+    title = str(info.get("title") or "")
+    creator = str(info.get("creator") or "")
+    wanted = path.casefold()
+    by_version = []
+    for beatmap in beatmaps:
+        if not isinstance(beatmap, dict):
+            continue
+        try:
+            int(beatmap["id"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        version = str(beatmap.get("version") or "")
+        owners = beatmap.get("owners")
+        names = [creator] + [
+            str(owner.get("username") or "")
+            for owner in (owners if isinstance(owners, list) else [])
+            if isinstance(owner, dict)
+        ]
+        for name in names:
+            if difficulty_filename(artist, title, name, version).casefold() == wanted:
+                return beatmap
+        if version and wanted.endswith(clean_filename(f" [{version}].osu").casefold()):
+            by_version.append(beatmap)
+    return by_version[0] if len(by_version) == 1 else None
+
+
+def _iso_ns(value: object) -> int:
+    """An ISO 8601 time (the API's `last_updated`) in nanoseconds; 0 when there is none."""
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        return 0
+    if parsed.tzinfo is None:
+        return 0
+    return int(parsed.timestamp()) * 1_000_000_000
 
 
 class _ServerError(Exception):
@@ -594,7 +1184,9 @@ def _judge(source: Source, response: httpx.Response) -> None:
         raise source.refusal(response)
     if status == 404:
         raise SourceMissing(f"{source.label}: no such set")
-    if status in (429, 418) or (status == 503 and "retry-after" in response.headers):
+    if status == 418:
+        raise source.banned(response)
+    if status == 429 or (status == 503 and "retry-after" in response.headers):
         until = parse_retry_after(response.headers.get("retry-after"), source.limit_default)
         raise SourceLimited(f"{source.label}: rate limited until {_clock(until)}", until)
     if status >= 500:
@@ -625,6 +1217,19 @@ def parse_retry_after(value: str | None, default: float, now: float | None = Non
     else:
         parsed = email.utils.parsedate_tz(value) if value else None
         until = float(email.utils.mktime_tz(parsed)) if parsed is not None else now + default
+    return min(max(until, now), now + RETRY_AFTER_CAP)
+
+
+def _reset_time(value: str | None, default: float, now: float | None = None) -> float:
+    """The unix time an `x-ratelimit-reset` header names: seconds from now, or (when it is
+    larger than any wait) a unix time; an HTTP date like Retry-After. Capped like it."""
+    now = time.time() if now is None else now
+    text = (value or "").strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return parse_retry_after(text or None, default, now)
+    until = number if number > 1e9 else now + number
     return min(max(until, now), now + RETRY_AFTER_CAP)
 
 
@@ -678,7 +1283,9 @@ def _describe(error: Exception) -> str:
 SOURCE_KINDS: dict[str, type[Source]] = {
     "hexide": HexideSource,
     "osu": OsuSiteSource,
+    "osuapi": OsuApiSource,
     "url": TemplateSource,
+    **dict.fromkeys(MIRRORS, MirrorSource),
 }
 
 
@@ -692,8 +1299,12 @@ class SourceSpec:
     @classmethod
     def parse(cls, text: str) -> SourceSpec:
         kind, sep, url = text.partition("=")
-        if not sep or kind not in SOURCE_KINDS or not url:
-            known = ", ".join(f"{k}=URL" for k in SOURCE_KINDS)
+        if not sep and kind in DEFAULT_URLS:
+            url = DEFAULT_URLS[kind]
+        elif not sep or kind not in SOURCE_KINDS or not url:
+            known = ", ".join(
+                f"{k}[=URL]" if k in DEFAULT_URLS else f"{k}=URL" for k in SOURCE_KINDS
+            )
             raise ValueError(f"unknown source {text!r}; expected one of {known}")
         if kind == "url" and "{id}" not in url:
             raise ValueError(f"url source {url!r} needs an {{id}} placeholder")
@@ -709,6 +1320,7 @@ class _SourceSettings(Protocol):
     sources: list[SourceSpec]
     cookie: str | None
     no_video: bool
+    # Optional (getattr): client_id, client_secret, catalogue, catalogue_query, catalogue_file.
 
 
 def build_sources(client: httpx.AsyncClient, settings: _SourceSettings) -> list[Source]:
@@ -721,6 +1333,27 @@ def build_sources(client: httpx.AsyncClient, settings: _SourceSettings) -> list[
             built.append(
                 OsuSiteSource(client, spec.url, settings.cookie, no_video=settings.no_video)
             )
+        elif spec.kind == "osuapi":
+            client_id = getattr(settings, "client_id", None)
+            secret = getattr(settings, "client_secret", None)
+            if not (client_id and secret):
+                log.warning("%s", CLIENT_MISSING)
+            # With a catalogue file, that file is the list; the API names its sets one by one.
+            catalogue = getattr(settings, "catalogue", None) or (
+                "none" if getattr(settings, "catalogue_file", None) else "ranked"
+            )
+            built.append(
+                OsuApiSource(
+                    client,
+                    spec.url,
+                    (client_id, secret) if client_id and secret else None,
+                    no_video=settings.no_video,
+                    catalogue=None if catalogue == "none" else catalogue,
+                    query=getattr(settings, "catalogue_query", None) or "",
+                )
+            )
+        elif spec.kind in MIRRORS:
+            built.append(MirrorSource(client, spec.url, name=spec.kind, no_video=settings.no_video))
         else:
             if spec.kind == "url" and settings.no_video and not _NOVIDEO.search(spec.url):
                 log.info("%s has no {novideo:...} part; its archives may hold video", spec.url)

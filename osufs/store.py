@@ -64,7 +64,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 INITIAL_MAP_SIZE = 256 << 20
-LISTING_CACHE_SIZE = 256
+# Decoded listings kept in memory, counted in entries (about 300 bytes each): a walk over
+# thousands of sets finds their trees decoded, and a set of 60,000 members cannot crowd memory.
+LISTING_CACHE_ENTRIES = 200_000
 HASH_CHUNK = 1 << 20
 _DIGEST_NAME = re.compile(r"[0-9a-f]{64}")
 
@@ -319,6 +321,7 @@ class Store:
         self._meta = self.env.open_db(b"meta")
         self._check_schema()
         self._listing_cache: OrderedDict[int, SetListing] = OrderedDict()
+        self._listing_cache_entries = 0
         self.empty_trash()
         if budget is not None:
             self._write(lambda txn: txn.put(b"budget", _pack_int(budget), db=self._meta))
@@ -462,8 +465,10 @@ class Store:
         listing = self.listing_get_uncached(set_id)
         if listing is not None:
             self._listing_cache[set_id] = listing
-            if len(self._listing_cache) > LISTING_CACHE_SIZE:
-                self._listing_cache.popitem(last=False)
+            self._listing_cache_entries += len(listing.entries)
+            while self._listing_cache_entries > LISTING_CACHE_ENTRIES and self._listing_cache:
+                _, dropped = self._listing_cache.popitem(last=False)
+                self._listing_cache_entries -= len(dropped.entries)
         return listing
 
     def listing_get_uncached(self, set_id: int) -> SetListing | None:

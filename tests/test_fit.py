@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -73,6 +74,12 @@ def test_xattrs_say_what_a_file_manager_wants(server: Server, archives: Path, tm
         assert os.getxattr(folder, "user.osufs.cached") == b"partly"
         with pytest.raises(OSError):
             os.setxattr(audio, "user.note", b"x")
+        with pytest.raises(OSError) as caught:  # so ls -l stops asking for every entry
+            os.getxattr(audio, "security.selinux")
+        assert caught.value.errno == errno.EOPNOTSUPP
+        with pytest.raises(OSError) as caught:
+            os.getxattr(audio, "user.other")
+        assert caught.value.errno == errno.ENODATA
 
 
 def test_du_of_an_uncached_set_downloads_nothing(server: Server, archives: Path, tmp_path: Path):
