@@ -598,9 +598,8 @@ class Library:
 
     # member files
 
-    async def open_member(self, set_id: int, index: int) -> Path:
-        """member_file for a reader: a .osu read also starts reading ahead of a scan."""
-        path = await self.member_file(set_id, index)
+    def _note_scan(self, set_id: int, index: int) -> None:
+        """A reader opened a member: a .osu moves the read-ahead window on to the next sets."""
         # Only where ranges work (reading ahead must never download whole archives) and the
         # source has no allowance a guess could waste.
         remote = self._remotes.get(set_id)
@@ -610,7 +609,6 @@ class Library:
                 # Each set a scan enters moves the window on, so it never drains.
                 self._scanned.add(set_id)
                 self._start_read_ahead(set_id)
-        return path
 
     async def open_file(self, set_id: int, index: int) -> int:
         """A read-only descriptor of a member's content file, its set counted as open (so
@@ -619,15 +617,18 @@ class Library:
         usage = self.store.usage
         usage.opened(set_id)
         try:
-            usage.access(set_id, hit=self.store.blob_path(set_id, index) is not None)
+            path = self.store.blob_path(set_id, index)
+            usage.access(set_id, hit=path is not None)
             for _attempt in range(3):
-                path = await self.open_member(set_id, index)
+                path = path or await self.member_file(set_id, index)
                 try:
                     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 except FileNotFoundError:
                     await trio.to_thread.run_sync(self.store.drop_missing, set_id, index, path)
+                    path = None
                     continue
                 self._open_files[fd] = set_id
+                self._note_scan(set_id, index)
                 return fd
             raise OsufsError.io(f"set {set_id}: member {index}: its cached file keeps vanishing")
         except BaseException:
