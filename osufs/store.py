@@ -309,22 +309,44 @@ class Store:
         self._guard = _MapGuard()
         # metasync=False keeps integrity and halves fsyncs; a system crash may undo the last commit.
         self.env = lmdb.open(str(root / "index"), map_size=map_size, max_dbs=16, metasync=False)
-        self._catalogue = self.env.open_db(b"catalogue")
-        self._listings = self.env.open_db(b"listings")
-        self._blobs = self.env.open_db(b"blobs")
-        self._content = self.env.open_db(b"content")
-        self._usage = self.env.open_db(b"usage")
-        self._lru = self.env.open_db(b"lru")
-        self._pins = self.env.open_db(b"pins")
-        self._trash = self.env.open_db(b"trash")
-        self._negative = self.env.open_db(b"negative")
-        self._meta = self.env.open_db(b"meta")
+        (
+            self._catalogue,
+            self._listings,
+            self._blobs,
+            self._content,
+            self._usage,
+            self._lru,
+            self._pins,
+            self._trash,
+            self._negative,
+            self._meta,
+        ) = self._open_dbs(
+            b"catalogue",
+            b"listings",
+            b"blobs",
+            b"content",
+            b"usage",
+            b"lru",
+            b"pins",
+            b"trash",
+            b"negative",
+            b"meta",
+        )
         self._check_schema()
         self._listing_cache: OrderedDict[int, SetListing] = OrderedDict()
         self._listing_cache_entries = 0
         self.empty_trash()
         if budget is not None:
             self._write(lambda txn: txn.put(b"budget", _pack_int(budget), db=self._meta))
+
+    def _open_dbs(self, *names: bytes) -> list[lmdb._Database]:
+        """Open the named databases; opening runs a transaction, which fails when another
+        process has just grown the map: adopt its size and open again."""
+        while True:
+            try:
+                return [self.env.open_db(name) for name in names]
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)
 
     def close(self) -> None:
         try:
