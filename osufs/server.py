@@ -623,7 +623,9 @@ def _not_found(what: str) -> JSONResponse:
 
 
 def _broken(set_id: int, error: Exception) -> JSONResponse:
-    return JSONResponse({"error": f"set {set_id}: unreadable archive: {error}"}, status_code=500)
+    # 422, not 500: the archive will not become readable by asking again, so clients must not
+    # retry as they do a server's transient failure.
+    return JSONResponse({"error": f"set {set_id}: unreadable archive: {error}"}, status_code=422)
 
 
 def _folder(request: Request) -> _Folder:

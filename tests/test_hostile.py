@@ -187,8 +187,8 @@ def test_hostile_corpus_through_a_mount(
             "--fetch-timeout",
             "30",
         ) as mount,
-        # Its downloads alone, as a plain mirror: an unreadable archive fails at once rather
-        # than after the Hexide source's retries of the server's 500 for its metadata.
+        # Its downloads alone, as a plain mirror: every broken case through the archive path
+        # only, without the Hexide set info.
         mounted(
             tmp_path / "plain" / "mnt",
             tmp_path / "plain" / "cache",
@@ -203,9 +203,8 @@ def test_hostile_corpus_through_a_mount(
         names = {f"{NEIGHBOUR}/{n}": d for n, d in neighbour.items()}
         assert in_parallel([lambda n=n: read_file(root / n) for n in names]) == list(names.values())
 
-        # Not a zip at all: listing the set is EIO. The kernel runs one lookup at a time in a
-        # directory, so only one case (ranged only) waits out the Hexide source's retries of
-        # the server's 500 for the set's metadata.
+        # Not a zip at all: listing the set is EIO, through the Hexide source too (its set
+        # info answers 422, which is not retried).
         if ranges:
             assert in_parallel([outcome(lambda: os.listdir(root / str(broken[1].set_id)))]) == [
                 broken[1].error

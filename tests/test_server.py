@@ -496,7 +496,7 @@ def test_broken_archive(tmp_path: Path, folder: Path) -> None:
     async def check(client: httpx.AsyncClient) -> None:
         assert [item["id"] for item in (await client.get("/beatmaps/")).json()] == [5]
         response = await client.get("/beatmaps/8")
-        assert response.status_code == 500 and "error" in response.json()
+        assert response.status_code == 422 and "error" in response.json()
         # The bytes are still served as they are: the client judges them.
         assert (await client.get("/beatmaps/8/download")).content.startswith(b"<html>")
 
