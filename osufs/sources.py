@@ -20,7 +20,7 @@ import random
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -551,6 +551,33 @@ class Source:
         await self.check_whole(set_id, digest)
 
 
+class SetInfoCache:
+    """The set infos of the few sets a scan is working through (an LRU)."""
+
+    def __init__(self) -> None:
+        self._infos: OrderedDict[int, dict[str, Any]] = OrderedDict()
+
+    async def get(
+        self, set_id: int, fetch: Callable[[], Awaitable[Any]], label: str
+    ) -> dict[str, Any]:
+        if set_id in self._infos:
+            self._infos.move_to_end(set_id)
+            return self._infos[set_id]
+        info = await fetch()
+        if not isinstance(info, dict):
+            raise OsufsError.io(f"{label}: set {set_id}: set info is not an object")
+        self._infos[set_id] = info
+        if len(self._infos) > SET_INFO_CACHE:
+            self._infos.popitem(last=False)
+        return info
+
+    def peek(self, set_id: int) -> dict[str, Any] | None:
+        return self._infos.get(set_id)
+
+    def forget(self, set_id: int) -> None:
+        self._infos.pop(set_id, None)
+
+
 class HexideSource(Source):
     """A mirror speaking the Hexide API (as `osufs serve` does)."""
 
@@ -585,20 +612,14 @@ class HexideSource(Source):
 
     def __init__(self, client: httpx.AsyncClient, base: str, *, no_video: bool = False) -> None:
         super().__init__(client, base, no_video=no_video)
-        self._set_infos: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._set_infos = SetInfoCache()
 
     async def set_info(self, set_id: int) -> dict[str, Any]:
         """`/beatmaps/<id>`, kept for the few sets a scan is working through."""
-        if set_id in self._set_infos:
-            self._set_infos.move_to_end(set_id)
-            return self._set_infos[set_id]
-        info = await self.json(f"{self.base.rstrip('/')}/beatmaps/{set_id}", MAX_SET_INFO_JSON)
-        if not isinstance(info, dict):
-            raise OsufsError.io(f"{self.label}: set {set_id}: set info is not an object")
-        self._set_infos[set_id] = info
-        if len(self._set_infos) > SET_INFO_CACHE:
-            self._set_infos.popitem(last=False)
-        return info
+        url = f"{self.base.rstrip('/')}/beatmaps/{set_id}"
+        return await self._set_infos.get(
+            set_id, lambda: self.json(url, MAX_SET_INFO_JSON), self.label
+        )
 
     async def folder_name(self, set_id: int) -> str | None:
         full = str((await self.set_info(set_id)).get("title") or "")
@@ -651,7 +672,7 @@ class HexideSource(Source):
         for field_name, hashed in (("hash_md5", digest.md5), ("hash_sha1", digest.sha1)):
             expected = str(info.get(field_name) or "").lower()
             if expected and expected != hashed.hexdigest():
-                self._set_infos.pop(set_id, None)  # the set may have changed: ask again next time
+                self._set_infos.forget(set_id)  # the set may have changed: ask again next time
                 raise OsufsError.io(
                     f"{self.label}: set {set_id}: the archive does not match the {field_name} "
                     "of the set info"
@@ -859,7 +880,7 @@ class OsuApiSource(Source):
         self.files_pacer = files_pacer or Pacer(FILES_BURST, FILES_PER_MINUTE * 60)
         self.catalogue_filter = catalogue
         self.catalogue_query = query
-        self._set_infos: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._set_infos = SetInfoCache()
         self.grants = 0  # tokens obtained
 
     @property
@@ -996,17 +1017,12 @@ class OsuApiSource(Source):
 
     async def set_info(self, set_id: int, *, background: bool = False) -> dict[str, Any]:
         """`/api/v2/beatmapsets/<id>`, kept for the few sets a scan is working through."""
-        if set_id in self._set_infos:
-            self._set_infos.move_to_end(set_id)
-            return self._set_infos[set_id]
         url = f"{self._root}/api/v2/beatmapsets/{set_id}"
-        info = await self._api(url, MAX_SET_INFO_JSON, background=background)
-        if not isinstance(info, dict):
-            raise OsufsError.io(f"{self.label}: set {set_id}: set info is not an object")
-        self._set_infos[set_id] = info
-        if len(self._set_infos) > SET_INFO_CACHE:
-            self._set_infos.popitem(last=False)
-        return info
+        return await self._set_infos.get(
+            set_id,
+            lambda: self._api(url, MAX_SET_INFO_JSON, background=background),
+            self.label,
+        )
 
     async def folder_name(self, set_id: int) -> str | None:
         return _api_folder(set_id, await self.set_info(set_id))
@@ -1017,7 +1033,7 @@ class OsuApiSource(Source):
         return CatalogueEntry(set_id, folder, _iso_ns(info.get("last_updated"))) if folder else None
 
     def archive_warning(self, set_id: int) -> str | None:
-        info = self._set_infos.get(set_id)
+        info = self._set_infos.peek(set_id)
         availability = info.get("availability") if info else None
         if not isinstance(availability, dict) or not availability.get("download_disabled"):
             return None
