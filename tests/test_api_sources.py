@@ -35,9 +35,9 @@ from osufs.sources import (
     Pacer,
     SourceLimited,
     SourceSpec,
-    _beatmap_for,
-    _reset_time,
 )
+from osufs.sources.api import _beatmap_for
+from osufs.sources.base import _reset_time
 from tests.fake_api import (
     CLIENT_ID,
     CLIENT_SECRET,

@@ -1,0 +1,415 @@
+"""The osu! API v2: OAuth client credentials, set info, the catalogue, /osu/<id> files."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any, BinaryIO
+from urllib.parse import urlencode, urlsplit
+
+import httpx
+import trio
+
+from osufs.errors import OsufsError
+from osufs.names import clean_filename, set_folder_name
+from osufs.osufile import difficulty_filename
+from osufs.sources.base import (
+    MAX_OSU_SIZE,
+    MAX_SEARCH_JSON,
+    MAX_SET_INFO_JSON,
+    MAX_SMALL_JSON,
+    CatalogueEntry,
+    Pacer,
+    RemoteArchive,
+    SetInfoCache,
+    Source,
+    SourceLimited,
+    _clock,
+    _describe,
+    _hop_timeout,
+    _judge,
+    _origin,
+    _read_body,
+    _ServerError,
+)
+from osufs.sources.site import OSU_REFUSED_PAUSE
+
+log = logging.getLogger(__name__)
+
+# The osu! API: its documentation asks for at most 60 requests a minute. A bucket of API_BURST
+# that refills at API_PER_MINUTE never lets more than 60 through in any minute. Background
+# work (the catalogue, naming listed sets) takes a token only while CATALOGUE_RESERVE stay in
+# the bucket, so a reader waiting on the API is always served first. A reader waits at most
+# API_WAIT for a token; past that the request fails over to the next source.
+API_BURST = 10
+API_PER_MINUTE = 50
+CATALOGUE_RESERVE = 5
+API_WAIT = 10.0
+# Single .osu files (`/osu/<beatmap id>`) are a page of the site, not of the API, and their
+# limit is not published; they get a bucket of their own of the same shape: 60 in any minute.
+FILES_BURST = 10
+FILES_PER_MINUTE = 50
+# A token is renewed this long before the site says it expires (at most a tenth of its life).
+TOKEN_MARGIN = 60.0
+# The API's search answers 50 sets a page; one sync reads at most this many pages (about
+# 100,000 sets, some 40 minutes at the background rate) and the next refresh goes on from its
+# cursor.
+CATALOGUE_MAX_PAGES = 2000
+# --catalogue: the API's `s=` status filter (osu-web BeatmapsetSearchRequestParams) and a sort
+# under which sets that appear later come last, so a saved cursor finds them on the next sync.
+CATALOGUES: dict[str, tuple[str, str]] = {
+    "ranked": ("ranked", "ranked_asc"),  # ranked and approved
+    "loved": ("loved", "ranked_asc"),
+    "all": ("any", "updated_asc"),  # every status, graveyard included
+}
+OSU_SITE = "https://osu.ppy.sh"
+CLIENT_MISSING = (
+    "the osu! API needs an OAuth client (create one under Settings > OAuth on the site): put "
+    "client_id=... and client_secret=... in a file only you can read and pass --client-file, "
+    "or set OSUFS_CLIENT_ID and OSUFS_CLIENT_SECRET"
+)
+CLIENT_REFUSED = "the osu! API refused the client id and secret; check the --client-file"
+
+
+class _TokenRefused(OsufsError):
+    """The API refused the access token (401): it expired early or was revoked."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EACCES, message)
+
+
+class OsuApiSource(Source):
+    """The osu! API v2 with a client-credentials token, and the site's single .osu files.
+
+    It names sets (`/api/v2/beatmapsets/<id>`), lists the catalogue (`/beatmapsets/search`,
+    paged by `cursor_string`), and serves a set's .osu files by beatmap id from `/osu/<id>`,
+    checked against the md5 the API gives. It serves no archives: the library never asks it
+    for one. API requests are paced (API_BURST, API_PER_MINUTE); `/osu/` has its own bucket.
+    The token goes only to `/api/` on the source's own origin.
+    """
+
+    kind = "osuapi"
+    serves_archives = False
+    catalogue_paged = True
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base: str,
+        credentials: tuple[str, str] | None,
+        *,
+        no_video: bool = False,
+        catalogue: str | None = "ranked",
+        query: str = "",
+        pacer: Pacer | None = None,
+        files_pacer: Pacer | None = None,
+    ) -> None:
+        super().__init__(client, base, no_video=no_video)
+        if catalogue is not None and catalogue not in CATALOGUES:
+            raise ValueError(f"unknown catalogue {catalogue!r}; expected one of {list(CATALOGUES)}")
+        self._credentials = credentials
+        self._token: str | None = None
+        self._token_expires = 0.0
+        self._token_lock = trio.Lock()
+        self._refusal_told = False
+        self.refused_until = 0.0
+        self.pacer = pacer or Pacer(API_BURST, API_PER_MINUTE * 60)
+        self.files_pacer = files_pacer or Pacer(FILES_BURST, FILES_PER_MINUTE * 60)
+        self.catalogue_filter = catalogue
+        self.catalogue_query = query
+        self._set_infos = SetInfoCache()
+        self.grants = 0  # tokens obtained
+
+    @property
+    def _root(self) -> str:
+        return self.base.rstrip("/")
+
+    def download_url(self, set_id: int) -> str:
+        raise OsufsError.io(f"{self.label}: the API serves no archives")
+
+    async def open_archive(self, set_id: int, tail: int, sink: BinaryIO) -> RemoteArchive | None:
+        raise OsufsError.io(f"{self.label}: the API serves no archives")
+
+    # the token
+
+    def secret_headers_for(self, url: str) -> dict[str, str]:
+        parts = urlsplit(url)
+        if self._token is None or (parts.scheme, parts.netloc) != _origin(self.base):
+            return {}
+        if not parts.path.startswith("/api/"):
+            return {}  # /osu/<id> and the rest of the site need no token
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def refusal(self, response: httpx.Response) -> OsufsError:
+        if _origin(str(response.url)) == _origin(self.base) and response.url.path.startswith(
+            "/api/"
+        ):
+            return _TokenRefused(f"{self.label}: the API refused the access token (HTTP 401)")
+        return super().refusal(response)
+
+    def _credentials_refused(self) -> OsufsError:
+        if self._credentials is None:
+            return OsufsError(errno.EACCES, f"{self.label}: no client id and secret")
+        return OsufsError(errno.EACCES, f"{self.label}: the client id and secret were refused")
+
+    async def _authorize(self) -> None:
+        """Have a token that has not expired: reuse it, or ask `/oauth/token` for one."""
+        if self._token is not None and time.time() < self._token_expires:
+            return
+        async with self._token_lock:
+            if self._token is not None and time.time() < self._token_expires:
+                return
+            self._token = None
+            if self._credentials is None or self.refused_until > time.time():
+                raise self._credentials_refused()
+            await self._pace(self.pacer)
+            client_id, secret = self._credentials
+            form = {
+                "client_id": client_id,
+                "client_secret": secret,
+                "grant_type": "client_credentials",
+                "scope": "public",
+            }
+            url = f"{self._root}/oauth/token"
+            self._check_blocked(url)
+            request = self.client.build_request(
+                "POST",
+                url,
+                data=form,
+                headers={"Accept": "application/json"},
+                timeout=_hop_timeout(),
+            )
+            request.headers.pop("cookie", None)
+            try:
+                response = await self.client.send(request, stream=True)
+            except httpx.HTTPError as error:
+                raise OsufsError.io(f"{self.label}: no token: {_describe(error)}") from None
+            try:
+                self._note_rate_headers(response)
+                if response.status_code in (400, 401):
+                    # invalid_client: a wrong id or secret will not become right by asking again.
+                    self.refused_until = time.time() + OSU_REFUSED_PAUSE
+                    if not self._refusal_told:
+                        self._refusal_told = True
+                        log.warning("%s", CLIENT_REFUSED)
+                    raise self._credentials_refused()
+                try:
+                    _judge(self, response)
+                except _ServerError as error:
+                    raise OsufsError.io(f"{self.label}: no token: {error}") from None
+                body = await _read_body(response, MAX_SMALL_JSON)
+            except httpx.HTTPError as error:
+                raise OsufsError.io(f"{self.label}: no token: {_describe(error)}") from None
+            finally:
+                await response.aclose()
+            try:
+                grant = json.loads(body)
+                token = str(grant["access_token"])
+                lifetime = float(grant.get("expires_in") or 3600)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise OsufsError.io(f"{self.label}: the token answer is not a token") from None
+            self._token = token
+            self._token_expires = time.time() + lifetime - min(TOKEN_MARGIN, lifetime / 10)
+            self.grants += 1
+
+    async def _pace(self, pacer: Pacer, *, background: bool = False, what: str = "API") -> None:
+        """Wait for a token of `pacer`. Background work waits as long as it takes and lets
+        readers go first; a reader waits at most API_WAIT (and within its deadline), then the
+        request fails over with SourceLimited."""
+        reserve = CATALOGUE_RESERVE if background else 0.0
+        while (wait := pacer.take(reserve)) > 0:
+            if not background and (
+                wait > API_WAIT or trio.current_time() + wait >= trio.current_effective_deadline()
+            ):
+                until = time.time() + wait
+                raise SourceLimited(
+                    f"{self.label}: pacing {what} requests; the next can start at {_clock(until)}",
+                    until,
+                )
+            await trio.sleep(wait)
+
+    async def _api(self, url: str, limit: int, *, background: bool = False) -> Any:
+        """An API answer, with a token; a refused token is renewed once."""
+        for attempt in range(2):
+            await self._authorize()
+            await self._pace(self.pacer, background=background)
+            token = self._token
+            try:
+                return await self.json(url, limit, {"Accept": "application/json"})
+            except _TokenRefused:
+                if self._token == token:
+                    self._token = None
+                if attempt:
+                    raise OsufsError(
+                        errno.EACCES, f"{self.label}: the API refused a fresh token (HTTP 401)"
+                    ) from None
+                log.info("%s: the access token was refused; asking for a new one", self.label)
+            except SourceLimited as error:
+                if error.until > time.time():
+                    self.rest(error.until, "the API says it is rate limited (HTTP 429)")
+                raise
+        raise AssertionError("unreachable")
+
+    # set info and names
+
+    async def set_info(self, set_id: int, *, background: bool = False) -> dict[str, Any]:
+        """`/api/v2/beatmapsets/<id>`, kept for the few sets a scan is working through."""
+        url = f"{self._root}/api/v2/beatmapsets/{set_id}"
+        return await self._set_infos.get(
+            set_id,
+            lambda: self._api(url, MAX_SET_INFO_JSON, background=background),
+            self.label,
+        )
+
+    async def folder_name(self, set_id: int) -> str | None:
+        return _api_folder(set_id, await self.set_info(set_id))
+
+    async def catalogue_entry(self, set_id: int) -> CatalogueEntry | None:
+        info = await self.set_info(set_id, background=True)
+        folder = _api_folder(set_id, info)
+        return CatalogueEntry(set_id, folder, _iso_ns(info.get("last_updated"))) if folder else None
+
+    def archive_warning(self, set_id: int) -> str | None:
+        info = self._set_infos.peek(set_id)
+        availability = info.get("availability") if info else None
+        if not isinstance(availability, dict) or not availability.get("download_disabled"):
+            return None
+        more = str(availability.get("more_information") or "").strip()
+        reason = f" ({more})" if more else ""
+        return (
+            f"set {set_id}: osu! has disabled its download{reason}; only a mirror that kept a "
+            "copy can serve it"
+        )
+
+    # the catalogue
+
+    @property
+    def catalogue_key(self) -> str | None:
+        if self.catalogue_filter is None:
+            return None
+        status, sort = CATALOGUES[self.catalogue_filter]
+        return f"{self._root} s={status} sort={sort} q={self.catalogue_query}"
+
+    async def catalogue_pages(
+        self, resume: str | None
+    ) -> AsyncIterator[tuple[list[CatalogueEntry], str | None, bool]]:
+        """`/api/v2/beatmapsets/search`, page after page from `resume`, in the background."""
+        if self.catalogue_filter is None:
+            return
+        status, sort = CATALOGUES[self.catalogue_filter]
+        cursor = resume
+        for _page in range(CATALOGUE_MAX_PAGES):
+            params = {"s": status, "sort": sort, "nsfw": "true"}
+            if self.catalogue_query:
+                params["q"] = self.catalogue_query
+            if cursor:
+                params["cursor_string"] = cursor
+            url = f"{self._root}/api/v2/beatmapsets/search?{urlencode(params)}"
+            page = await self._api(url, MAX_SEARCH_JSON, background=True)
+            items = page.get("beatmapsets") if isinstance(page, dict) else None
+            if not isinstance(items, list):
+                raise OsufsError.io(f"{self.label}: the search answer holds no set list")
+            entries = []
+            for item in items:
+                try:
+                    set_id = int(item["id"])
+                except (KeyError, TypeError, ValueError):
+                    continue
+                folder = _api_folder(set_id, item) if isinstance(item, dict) else None
+                if set_id > 0 and folder:
+                    entries.append(
+                        CatalogueEntry(set_id, folder, _iso_ns(item.get("last_updated")))
+                    )
+            following = page.get("cursor_string")
+            following = following if isinstance(following, str) and following else None
+            # At the end, keep the cursor of the last page: the next sync reads it again and
+            # whatever came after it since.
+            yield entries, following or cursor, following is None
+            if following is None:
+                return
+            cursor = following
+
+    # single .osu files
+
+    async def difficulty_bytes(self, set_id: int, path: str) -> bytes | None:
+        """`/osu/<beatmap id>` for the difficulty the file name names, checked by its md5."""
+        if "/" in path or not path.lower().endswith(".osu"):
+            return None  # only a set's top-level .osu files are difficulties
+        try:
+            info = await self.set_info(set_id)
+            beatmap = _beatmap_for(info, path)
+            if beatmap is None:
+                return None
+            await self._pace(self.files_pacer, what=".osu file")
+        except OsufsError as error:
+            if not isinstance(error, SourceLimited) and error.errno != errno.EACCES:
+                raise
+            # Paced, or no usable client (said once already): the archive's copy will do.
+            log.debug("%s: set %d: %s: %s", self.label, set_id, path, error)
+            return None
+        async with self.stream("GET", f"{self._root}/osu/{int(beatmap['id'])}") as response:
+            data = await _read_body(response, MAX_OSU_SIZE)
+        expected = str(beatmap.get("checksum") or "").lower()
+        if expected and hashlib.md5(data).hexdigest() != expected:
+            log.warning("%s: set %d: %s does not match its md5", self.label, set_id, path)
+            return None
+        return data
+
+
+def _api_folder(set_id: int, info: dict[str, Any]) -> str | None:
+    """The folder name from the API's romanised artist and title (as the site names downloads)."""
+    artist = str(info.get("artist") or "")
+    title = str(info.get("title") or "")
+    return set_folder_name(set_id, artist, title) if artist or title else None
+
+
+def _beatmap_for(info: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """The beatmap a difficulty file name stands for: `Artist - Title (Creator) [Version].osu`
+    from the set info, compared case-insensitively, where Creator is the set's creator or one
+    of the beatmap's `owners` (guest difficulties); failing that (a renamed creator, edited
+    metadata), the one beatmap whose `[Version].osu` ends the name. Its bytes are checked
+    against the archive's size and CRC anyway, so a wrong guess costs a request, not data."""
+    beatmaps = info.get("beatmaps")
+    if not isinstance(beatmaps, list):
+        return None
+    artist = str(info.get("artist") or "")
+    title = str(info.get("title") or "")
+    creator = str(info.get("creator") or "")
+    wanted = path.casefold()
+    by_version = []
+    for beatmap in beatmaps:
+        if not isinstance(beatmap, dict):
+            continue
+        try:
+            int(beatmap["id"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        version = str(beatmap.get("version") or "")
+        owners = beatmap.get("owners")
+        names = [creator] + [
+            str(owner.get("username") or "")
+            for owner in (owners if isinstance(owners, list) else [])
+            if isinstance(owner, dict)
+        ]
+        for name in names:
+            if difficulty_filename(artist, title, name, version).casefold() == wanted:
+                return beatmap
+        if version and wanted.endswith(clean_filename(f" [{version}].osu").casefold()):
+            by_version.append(beatmap)
+    return by_version[0] if len(by_version) == 1 else None
+
+
+def _iso_ns(value: object) -> int:
+    """An ISO 8601 time (the API's `last_updated`) in nanoseconds; 0 when there is none."""
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        return 0
+    if parsed.tzinfo is None:
+        return 0
+    return int(parsed.timestamp()) * 1_000_000_000

@@ -1,0 +1,104 @@
+"""Sources as the user names them (`kind=URL`, or a mirror's name) and building them in order."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+
+from osufs.sources.api import CLIENT_MISSING, OSU_SITE, OsuApiSource
+from osufs.sources.base import Source
+from osufs.sources.hexide import HexideSource
+from osufs.sources.mirrors import _NOVIDEO, MIRRORS, MirrorSource, TemplateSource
+from osufs.sources.site import COOKIE_MISSING, OsuSiteSource
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URLS: dict[str, str] = {
+    "osu": OSU_SITE,
+    "osuapi": OSU_SITE,
+    **{name: base for name, (base, _path) in MIRRORS.items()},
+}
+
+
+SOURCE_KINDS: dict[str, type[Source]] = {
+    "hexide": HexideSource,
+    "osu": OsuSiteSource,
+    "osuapi": OsuApiSource,
+    "url": TemplateSource,
+    **dict.fromkeys(MIRRORS, MirrorSource),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    """A source as the user names it: `kind=URL`."""
+
+    kind: str
+    url: str
+
+    @classmethod
+    def parse(cls, text: str) -> SourceSpec:
+        kind, sep, url = text.partition("=")
+        if not sep and kind in DEFAULT_URLS:
+            url = DEFAULT_URLS[kind]
+        elif not sep or kind not in SOURCE_KINDS or not url:
+            known = ", ".join(
+                f"{k}[=URL]" if k in DEFAULT_URLS else f"{k}=URL" for k in SOURCE_KINDS
+            )
+            raise ValueError(f"unknown source {text!r}; expected one of {known}")
+        if kind == "url" and "{id}" not in url:
+            raise ValueError(f"url source {url!r} needs an {{id}} placeholder")
+        if kind == "url" and "{novideo" in _NOVIDEO.sub("", url):
+            raise ValueError(
+                f"url source {url!r}: write {{novideo:TEXT}} or {{novideo:TEXT|ELSE}} "
+                "(TEXT is used with --no-video, ELSE without)"
+            )
+        return cls(kind, url)
+
+
+class _SourceSettings(Protocol):
+    sources: list[SourceSpec]
+    cookie: str | None
+    no_video: bool
+    # Optional (getattr): client_id, client_secret, catalogue, catalogue_query, catalogue_file.
+
+
+def build_sources(client: httpx.AsyncClient, settings: _SourceSettings) -> list[Source]:
+    """Sources in the order the user gave them."""
+    built: list[Source] = []
+    for spec in settings.sources:
+        if spec.kind == "osu":
+            if not settings.cookie:
+                log.warning("%s", COOKIE_MISSING)
+            built.append(
+                OsuSiteSource(client, spec.url, settings.cookie, no_video=settings.no_video)
+            )
+        elif spec.kind == "osuapi":
+            client_id = getattr(settings, "client_id", None)
+            secret = getattr(settings, "client_secret", None)
+            if not (client_id and secret):
+                log.warning("%s", CLIENT_MISSING)
+            # With a catalogue file, that file is the list; the API names its sets one by one.
+            catalogue = getattr(settings, "catalogue", None) or (
+                "none" if getattr(settings, "catalogue_file", None) else "ranked"
+            )
+            built.append(
+                OsuApiSource(
+                    client,
+                    spec.url,
+                    (client_id, secret) if client_id and secret else None,
+                    no_video=settings.no_video,
+                    catalogue=None if catalogue == "none" else catalogue,
+                    query=getattr(settings, "catalogue_query", None) or "",
+                )
+            )
+        elif spec.kind in MIRRORS:
+            built.append(MirrorSource(client, spec.url, name=spec.kind, no_video=settings.no_video))
+        else:
+            if spec.kind == "url" and settings.no_video and not _NOVIDEO.search(spec.url):
+                log.info("%s has no {novideo:...} part; its archives may hold video", spec.url)
+            built.append(SOURCE_KINDS[spec.kind](client, spec.url, no_video=settings.no_video))
+    return built
