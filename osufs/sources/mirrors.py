@@ -8,7 +8,6 @@ import httpx
 
 from osufs.sources.base import Source
 
-
 # Mirrors by name: their default base and the path after it, in the `url=` template syntax
 # ({id}; {novideo:TEXT|ELSE}). `--source NAME` uses the default base; `--source NAME=URL` keeps
 # the path on another base (a regional host, a test server).
