@@ -18,16 +18,16 @@ import re
 import time
 import zlib
 from bisect import bisect_right
-from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Generic, TypeVar
+from typing import Any, BinaryIO
 
 import trio
 
 from osufs import archive
 from osufs.archive import ArchiveError, Limits, MemberError, ZipMember
 from osufs.errors import OsufsError
+from osufs.flights import Flights, warn_once
 from osufs.listing import SetListing, build_listing
 from osufs.names import set_folder_name
 from osufs.osufile import parse_osu, referenced_files
@@ -36,7 +36,6 @@ from osufs.store import CatalogueRecord, HashingWriter, PendingBlob, Store, fsyn
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 NEGATIVE_TTL = 3600.0
 # Members larger than this are not held in memory for a ranged read: the whole archive is
@@ -74,56 +73,6 @@ def read_catalogue_file(path: Path) -> list[int]:
             raise ValueError(f"{path}, line {number}: not a set id: {text!r}")
         ids[int(token)] = None
     return list(ids)
-
-
-@dataclass
-class _Flight(Generic[T]):
-    done: trio.Event = field(default_factory=trio.Event)
-    result: T | None = None
-    error: OsufsError | None = None
-
-
-class Flights:
-    """One running fetch per key; later callers wait for its outcome."""
-
-    def __init__(self, nursery: trio.Nursery, timeout: float) -> None:
-        self._nursery = nursery
-        self._timeout = timeout
-        self._running: dict[Hashable, _Flight[Any]] = {}
-
-    async def run(self, key: Hashable, fetch: Callable[[], Awaitable[T]]) -> T:
-        flight = self._running.get(key)
-        if flight is None:
-            flight = _Flight()
-            self._running[key] = flight
-            self._nursery.start_soon(self._fly, key, flight, fetch)
-        await flight.done.wait()
-        if flight.error is not None:
-            raise OsufsError(flight.error.errno, str(flight.error))
-        return flight.result
-
-    async def _fly(self, key: Hashable, flight: _Flight[T], fetch: Callable[[], Awaitable[T]]):
-        try:
-            with trio.fail_after(self._timeout):
-                flight.result = await fetch()
-        except OsufsError as error:
-            flight.error = error
-        except trio.TooSlowError:
-            flight.error = OsufsError.io(f"{key}: no answer within {self._timeout:g} s")
-        except Exception as error:
-            if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-                flight.error = OsufsError(errno.ENOSPC, f"{key}: the cache's disk is full")
-            else:
-                log.exception("fetching %s failed", key)
-                flight.error = OsufsError.io(f"{key}: {error}")
-        except BaseException:
-            flight.error = OsufsError.io(f"{key}: interrupted")
-            raise
-        finally:
-            del self._running[key]
-            flight.done.set()
-        if flight.error is not None:
-            _warn_once(str(flight.error))
 
 
 class Library:
@@ -403,7 +352,7 @@ class Library:
         for source in self.sources:
             note = source.archive_warning(set_id)
             if note:
-                _warn_once(note)
+                warn_once(note)
         if not self._archive_sources():
             raise OsufsError.io(
                 f"set {set_id}: no source serves archives (the osu! API gives only names and "
@@ -901,20 +850,6 @@ class Library:
             await trio.to_thread.run_sync(self._ingest_archive, remote.set_id, path)
         finally:
             path.unlink(missing_ok=True)
-
-
-_warned: dict[str, float] = {}
-WARN_INTERVAL = 60.0
-
-
-def _warn_once(message: str) -> None:
-    """Log a failure once a minute, however many readers and nested fetches it reaches."""
-    now = time.monotonic()
-    if now - _warned.get(message, -WARN_INTERVAL) >= WARN_INTERVAL:
-        _warned[message] = now
-        log.warning("%s", message)
-        if len(_warned) > 4096:
-            _warned.clear()
 
 
 def _match_members(

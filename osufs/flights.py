@@ -1,0 +1,84 @@
+"""One fetch per key: the first caller starts it in the library's nursery, later callers wait
+for its outcome. A caller that gives up never cancels a fetch others are waiting for, and
+every fetch ends within its deadline with a result or an OsufsError."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import trio
+
+from osufs.errors import OsufsError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Flight(Generic[T]):
+    done: trio.Event = field(default_factory=trio.Event)
+    result: T | None = None
+    error: OsufsError | None = None
+
+
+class Flights:
+    """One running fetch per key; later callers wait for its outcome."""
+
+    def __init__(self, nursery: trio.Nursery, timeout: float) -> None:
+        self._nursery = nursery
+        self._timeout = timeout
+        self._running: dict[Hashable, _Flight[Any]] = {}
+
+    async def run(self, key: Hashable, fetch: Callable[[], Awaitable[T]]) -> T:
+        flight = self._running.get(key)
+        if flight is None:
+            flight = _Flight()
+            self._running[key] = flight
+            self._nursery.start_soon(self._fly, key, flight, fetch)
+        await flight.done.wait()
+        if flight.error is not None:
+            raise OsufsError(flight.error.errno, str(flight.error))
+        return flight.result
+
+    async def _fly(self, key: Hashable, flight: _Flight[T], fetch: Callable[[], Awaitable[T]]):
+        try:
+            with trio.fail_after(self._timeout):
+                flight.result = await fetch()
+        except OsufsError as error:
+            flight.error = error
+        except trio.TooSlowError:
+            flight.error = OsufsError.io(f"{key}: no answer within {self._timeout:g} s")
+        except Exception as error:
+            if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+                flight.error = OsufsError(errno.ENOSPC, f"{key}: the cache's disk is full")
+            else:
+                log.exception("fetching %s failed", key)
+                flight.error = OsufsError.io(f"{key}: {error}")
+        except BaseException:
+            flight.error = OsufsError.io(f"{key}: interrupted")
+            raise
+        finally:
+            del self._running[key]
+            flight.done.set()
+        if flight.error is not None:
+            warn_once(str(flight.error))
+
+
+_warned: dict[str, float] = {}
+WARN_INTERVAL = 60.0
+
+
+def warn_once(message: str) -> None:
+    """Log a failure once a minute, however many readers and nested fetches it reaches."""
+    now = time.monotonic()
+    if now - _warned.get(message, -WARN_INTERVAL) >= WARN_INTERVAL:
+        _warned[message] = now
+        log.warning("%s", message)
+        if len(_warned) > 4096:
+            _warned.clear()
