@@ -119,6 +119,20 @@ class Mount:
             self._log.close()
 
 
+def mounted_from(
+    server: Server, tmp_path: Path, *args: str
+) -> contextlib.AbstractContextManager[Mount]:
+    """The usual test mount: `server` as the one Hexide source, everything under tmp_path."""
+    return mounted(
+        tmp_path / "mnt",
+        tmp_path / "cache",
+        tmp_path / "mount.log",
+        "--source",
+        f"hexide={server.url}",
+        *args,
+    )
+
+
 @contextlib.contextmanager
 def mounted(
     mountpoint: Path, cache_dir: Path, log_path: Path, *args: str, env: dict[str, str] | None = None

@@ -14,7 +14,7 @@ import pytest
 from osufs.names import set_folder_name
 from osufs.samples import build_sample_library
 from osufs.store import CatalogueRecord, Store
-from tests.helpers import Server, mounted
+from tests.helpers import Server, mounted, mounted_from
 
 LARGE_ROOT = 20_000
 
@@ -49,15 +49,7 @@ def test_large_root_lists_every_set_in_a_stable_order(tmp_path: Path):
 
 
 def test_xattrs_say_what_a_file_manager_wants(server: Server, archives: Path, tmp_path: Path):
-    with mounted(
-        tmp_path / "mnt",
-        tmp_path / "cache",
-        tmp_path / "mount.log",
-        "--source",
-        f"hexide={server.url}",
-        "--read-ahead",
-        "0",
-    ) as mount:
+    with mounted_from(server, tmp_path, "--read-ahead", "0") as mount:
         folder = mount.mountpoint / "100001"
         audio = folder / "audio.mp3"
         assert os.getxattr(folder, "user.osufs.set_id") == b"100001"
@@ -83,13 +75,7 @@ def test_xattrs_say_what_a_file_manager_wants(server: Server, archives: Path, tm
 
 
 def test_du_of_an_uncached_set_downloads_nothing(server: Server, archives: Path, tmp_path: Path):
-    with mounted(
-        tmp_path / "mnt",
-        tmp_path / "cache",
-        tmp_path / "mount.log",
-        "--source",
-        f"hexide={server.url}",
-    ) as mount:
+    with mounted_from(server, tmp_path) as mount:
         output = subprocess.run(
             ["du", "-s", "--apparent-size", "-B1", str(mount.mountpoint / "100002") + "/"],
             capture_output=True,

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from osufs import cli
 from osufs.archive import Limits
 from osufs.mount import MountConfig
-from tests.helpers import REAL_ARCHIVES, Mount, Server, mounted
+from tests.helpers import REAL_ARCHIVES, Mount, Server, mounted, mounted_from
 from tests.hostile import MANY, HostileSet, corpus, open_files_set
 from tests.test_mount import expected_members
 
@@ -261,17 +261,7 @@ def test_limits_are_options(archives: Path, tmp_path: Path) -> None:
     """`--max-member-size` refuses members above it with EFBIG; smaller ones still read."""
     with (
         serving(archives, tmp_path / "server.log", ranges=True) as server,
-        mounted(
-            tmp_path / "mnt",
-            tmp_path / "cache",
-            tmp_path / "mount.log",
-            "--source",
-            f"hexide={server.url}",
-            "--max-member-size",
-            "100",
-            "--max-ratio",
-            "50",
-        ) as mount,
+        mounted_from(server, tmp_path, "--max-member-size", "100", "--max-ratio", "50") as mount,
     ):
         folder = mount.mountpoint / "102"
         with pytest.raises(OSError) as caught:

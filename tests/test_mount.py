@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from osufs.samples import build_sample_library
-from tests.helpers import REAL_ARCHIVES, Server, mounted
+from tests.helpers import REAL_ARCHIVES, Server, mounted, mounted_from
 
 JUNK = ("__MACOSX/", ".DS_Store", "Thumbs.db")
 
@@ -51,13 +51,7 @@ def set_folder(mountpoint: Path, set_id: int) -> Path:
 
 
 def test_every_member_reads_byte_identical(server: Server, archives: Path, tmp_path: Path):
-    with mounted(
-        tmp_path / "mnt",
-        tmp_path / "cache",
-        tmp_path / "mount.log",
-        "--source",
-        f"hexide={server.url}",
-    ) as mount:
+    with mounted_from(server, tmp_path) as mount:
         for set_id, path in enumerate(REAL_ARCHIVES, start=1):
             folder = set_folder(mount.mountpoint, set_id)
             for name, data in expected_members(path).items():
@@ -74,13 +68,7 @@ def test_every_member_reads_byte_identical(server: Server, archives: Path, tmp_p
 
 
 def test_root_names_symlinks_and_junk(server: Server, archives: Path, tmp_path: Path):
-    with mounted(
-        tmp_path / "mnt",
-        tmp_path / "cache",
-        tmp_path / "mount.log",
-        "--source",
-        f"hexide={server.url}",
-    ) as mount:
+    with mounted_from(server, tmp_path) as mount:
         root = sorted(os.listdir(mount.mountpoint))
         assert len(root) == len(list(archives.glob("*.osz")))
         assert "1 " not in root and all(name.split(" ", 1)[0].isdigit() for name in root)
@@ -106,13 +94,7 @@ def test_root_names_symlinks_and_junk(server: Server, archives: Path, tmp_path: 
 
 def test_sample_set_tree_has_subfolders_and_times(server: Server, archives: Path, tmp_path: Path):
     sample = next(p for p in sorted(archives.glob("*.osz")) if int(p.stem) > 1000)
-    with mounted(
-        tmp_path / "mnt",
-        tmp_path / "cache",
-        tmp_path / "mount.log",
-        "--source",
-        f"hexide={server.url}",
-    ) as mount:
+    with mounted_from(server, tmp_path) as mount:
         folder = mount.mountpoint / sample.stem
         with zipfile.ZipFile(sample) as zf:
             for info in zf.infolist():
@@ -125,13 +107,7 @@ def test_sample_set_tree_has_subfolders_and_times(server: Server, archives: Path
 
 
 def test_everything_that_writes_is_erofs(server: Server, tmp_path: Path):
-    with mounted(
-        tmp_path / "mnt",
-        tmp_path / "cache",
-        tmp_path / "mount.log",
-        "--source",
-        f"hexide={server.url}",
-    ) as mount:
+    with mounted_from(server, tmp_path) as mount:
         folder = mount.mountpoint / "1"
         member = folder / "Soleily - Renatus (Gamu) [Insane].osu"
         attempts = [
@@ -171,13 +147,7 @@ def test_sixteen_readers_one_download(archives: Path, tmp_path: Path):
     """Against a mirror without ranges, sixteen first readers of one set cause one download."""
     server = Server(archives, tmp_path / "server.log", "--no-ranges")
     try:
-        with mounted(
-            tmp_path / "mnt",
-            tmp_path / "cache",
-            tmp_path / "mount.log",
-            "--source",
-            f"hexide={server.url}",
-        ) as mount:
+        with mounted_from(server, tmp_path) as mount:
             expected = expected_members(REAL_ARCHIVES[0])
             names = sorted(expected)[:16]
             paths = [mount.mountpoint / "1" / names[i % len(names)] for i in range(16)]
@@ -189,15 +159,7 @@ def test_sixteen_readers_one_download(archives: Path, tmp_path: Path):
 
 
 def test_sixteen_readers_one_fetch(server: Server, tmp_path: Path):
-    with mounted(
-        tmp_path / "mnt",
-        tmp_path / "cache",
-        tmp_path / "mount.log",
-        "--source",
-        f"hexide={server.url}",
-        "--read-ahead",
-        "0",
-    ) as mount:
+    with mounted_from(server, tmp_path, "--read-ahead", "0") as mount:
         folder = mount.mountpoint / "1"
         os.listdir(folder)
         before = server.stats()

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from osufs.samples import build_sample_library
-from tests.helpers import Server, ThreadedApp, mounted
+from tests.helpers import Server, ThreadedApp, mounted, mounted_from
 
 SETS = 12
 
@@ -102,13 +102,7 @@ def test_osu_files_from_ranged_members(server: Server, archives: Path, tmp_path:
 def test_source_without_ranges_still_works(archives: Path, tmp_path: Path):
     server = Server(archives, tmp_path / "server.log", "--no-ranges")
     try:
-        with mounted(
-            tmp_path / "mnt",
-            tmp_path / "cache",
-            tmp_path / "mount.log",
-            "--source",
-            f"hexide={server.url}",
-        ) as mount:
+        with mounted_from(server, tmp_path) as mount:
             read_all_osu(mount.mountpoint, archives)
             audio = mount.mountpoint / "100002" / "audio.mp3"
             with zipfile.ZipFile(archives / "100002.osz") as zf:
@@ -159,13 +153,7 @@ def test_wrong_metadata_tier_bytes_fall_back_to_the_archive(
 
 
 def test_cold_grep_moves_a_small_fraction(server: Server, archives: Path, tmp_path: Path):
-    with mounted(
-        tmp_path / "mnt",
-        tmp_path / "cache",
-        tmp_path / "mount.log",
-        "--source",
-        f"hexide={server.url}",
-    ) as mount:
+    with mounted_from(server, tmp_path) as mount:
         found = subprocess.run(
             ["grep", "-rl", "--include=*.osu", "Creator:", str(mount.mountpoint)],
             capture_output=True,

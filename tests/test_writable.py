@@ -25,7 +25,7 @@ import pytest
 from osufs import overlay
 from osufs.samples import build_sample_library
 from osufs.store import Store
-from tests.helpers import REAL_ARCHIVES, Mount, Server, mounted, osufs_command
+from tests.helpers import REAL_ARCHIVES, Mount, Server, mounted, mounted_from, osufs_command
 from tests.test_mount import expected_members
 
 pytestmark = pytest.mark.skipif(
@@ -263,13 +263,7 @@ def test_overlay_start_costs_no_network(server: Server, archives: Path, tmp_path
 
 
 def test_read_only_without_writable(server: Server, tmp_path: Path):
-    with mounted(
-        tmp_path / "mnt",
-        tmp_path / "cache",
-        tmp_path / "mount.log",
-        "--source",
-        f"hexide={server.url}",
-    ) as mount:
+    with mounted_from(server, tmp_path) as mount:
         folder = folder_of(mount.mountpoint, 1)
         attempts = [
             lambda: os.open(folder / RENATUS, os.O_WRONLY | os.O_TRUNC),
