@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from osufs.store import Store
+from osufs.store import Store, StoreError
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b)?\s*", re.IGNORECASE)
 _UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
@@ -70,7 +70,10 @@ def _open(cache_dir: Path | None) -> Iterator[Store]:
     root = cache_dir or _default_cache_dir()
     if not (root / "index").is_dir():
         raise click.ClickException(f"no cache at {root}")
-    store = Store(root)
+    try:
+        store = Store(root)
+    except StoreError as error:
+        raise click.ClickException(str(error)) from None
     try:
         yield store
     finally:

@@ -27,6 +27,7 @@ from osufs.config import ConfigError, default_config_path, load_config
 from osufs.library import READ_AHEAD_SETS, read_catalogue_file
 from osufs.mount import MountConfig, run_mount
 from osufs.sources import SourceSpec
+from osufs.store import StoreError
 
 log = logging.getLogger("osufs")
 
@@ -253,8 +254,13 @@ def library_config(
     setup_logging(debug, cookie, client[1] if client else None)
     if settings.get("catalogue_query") is None:
         settings["catalogue_query"] = ""
+    cache_dir = cache_dir or default_cache_dir()
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise click.UsageError(f"cannot use {cache_dir} as the cache: {error.strerror}") from None
     return MountConfig(
-        cache_dir=cache_dir or default_cache_dir(),
+        cache_dir=cache_dir,
         sources=sources,
         cookie=cookie,
         client_id=client[0] if client else None,
@@ -299,6 +305,9 @@ def mount(
     """Mount the library at MOUNTPOINT."""
     if not mountpoint.is_dir():
         raise click.UsageError(f"{mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        # Linux would stack a second mount on top; nobody wants that.
+        raise click.UsageError(f"{mountpoint} is mounted already; osufs umount it first")
     if not options["sources"] and not offline:
         raise click.UsageError("give at least one --source (or --offline to serve the cache)")
     read_cookie(options["cookie_file"])  # refuse a readable cookie file before detaching
@@ -327,7 +336,7 @@ def mount(
 
     try:
         trio.run(run_mount, config, ready)
-    except overlay.OverlayError as error:
+    except (overlay.OverlayError, StoreError) as error:
         raise click.ClickException(str(error)) from None
 
 
@@ -385,6 +394,8 @@ def prefetch(
             )
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; what was fetched is kept") from None
+        except StoreError as error:
+            raise click.ClickException(str(error)) from None
     click.echo(
         f"{tally.fetched} fetched, {tally.cached} already cached, {tally.missing} missing, "
         f"{tally.failed} failed, {_size(tally.bytes)} moved"
@@ -436,7 +447,11 @@ def _mount_in_background(mountpoint: Path) -> None:
         if process.poll() is not None:
             break
     process.terminate()
-    raise click.ClickException(f"the mount did not start; see {log_path}")
+    last: list[str] = []
+    with contextlib.suppress(OSError):  # the child's own last words, usually "Error: ..."
+        last = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+    said = f": {last[0]}" if last else ""
+    raise click.ClickException(f"the mount did not start{said} (log: {log_path})")
 
 
 @main.command()
