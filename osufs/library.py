@@ -367,7 +367,7 @@ class Library:
                 if remote is None:
                     await trio.to_thread.run_sync(self._ingest_archive, set_id, path)
                     return None
-                tail = await trio.Path(path).read_bytes()
+                tail = path.read_bytes()  # at most FIRST_TAIL bytes, just written: no thread
                 stored = self.store.listing_get(set_id)
                 if stored is None:
                     await self._store_listing_from_tail(remote, tail)
@@ -474,7 +474,8 @@ class Library:
             for index, entry in enumerate(listing.entries)
             if entry.member in fetched
         ]
-        await trio.to_thread.run_sync(self.store.commit_blobs, blobs)
+        if blobs:
+            await trio.to_thread.run_sync(self.store.commit_blobs, blobs)
 
     def _ingest_archive(self, set_id: int, path: Path) -> None:
         """Check a whole downloaded archive and move every member into the store (blocking)."""
@@ -767,7 +768,8 @@ class Library:
         self, remote: RemoteArchive, listing: SetListing, indexes: list[int]
     ) -> None:
         """Fetch several members in as few ranged requests as their places in the archive
-        allow, and index them in one commit (a cold scan's round trips and fsyncs)."""
+        allow, then cut, store and index them in one thread call and one commit (a cold scan's
+        round trips, thread hand-offs and fsyncs)."""
         foreign = self._foreign.get(remote.set_id)
         members = {}
         for index in indexes:
@@ -775,21 +777,27 @@ class Library:
             member = member if foreign is None else foreign.get(index)
             if member is not None and member.compressed_size <= RANGED_MEMBER_LIMIT:
                 members[index] = member
-        blobs = []
+        spans: list[tuple[int, bytes, list[int]]] = []
         try:
             for start, end, group in _spans(members):
-                data = await remote.read(start, end - start)
-                for index in group:
-                    blob = await self._blob_from_span(
-                        remote.set_id, index, members[index], data, start
-                    )
-                    if blob is not None:
-                        blobs.append(blob)
+                spans.append((start, await remote.read(start, end - start), group))
         except OsufsError as error:
             log.debug("read-ahead of set %d: %s", remote.set_id, error)
-        await trio.to_thread.run_sync(self.store.commit_blobs, blobs)
+        await trio.to_thread.run_sync(self._store_spans, remote.set_id, members, spans)
 
-    async def _blob_from_span(
+    def _store_spans(
+        self, set_id: int, members: dict[int, ZipMember], spans: list[tuple[int, bytes, list[int]]]
+    ) -> None:
+        """Cut each member out of the span that holds it, store and index them (blocking)."""
+        blobs = []
+        for start, data, group in spans:
+            for index in group:
+                blob = self._blob_from_span(set_id, index, members[index], data, start)
+                if blob is not None:
+                    blobs.append(blob)
+        self.store.commit_blobs(blobs)
+
+    def _blob_from_span(
         self, set_id: int, index: int, member: ZipMember, data: bytes, start: int
     ) -> PendingBlob | None:
         """One member cut out of a span of the archive; None if the span missed part of it
@@ -801,9 +809,7 @@ class Library:
             compressed = data[first - start : first - start + member.compressed_size]
             if len(compressed) < member.compressed_size:
                 return None
-            return await trio.to_thread.run_sync(
-                self._write_member, set_id, index, _reader(compressed), member
-            )
+            return self._write_member(set_id, index, _reader(compressed), member)
         except MemberError as error:
             self._note_bad_member(set_id, index, error)
             return None

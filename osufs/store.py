@@ -580,8 +580,11 @@ class Store:
                 blob.temp_path.unlink()  # the same bytes are stored already
                 continue
             # A file here without an entry is an orphan of a crash: replace it with ours.
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(blob.temp_path, final)
+            try:
+                os.replace(blob.temp_path, final)
+            except FileNotFoundError:  # its folder's first file (a mkdir per file is slower)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(blob.temp_path, final)
             renamed.append(final)
         _fsync_dirs({path.parent for path in renamed})
         return renamed
