@@ -360,14 +360,14 @@ class Library:
             )
         available = [source for source in self._available_sources() if source.serves_archives]
         for source in available:
-            path, sink = self.store.new_temp()
+            spool = self.store.archive_spool()
             try:
-                with sink:
-                    remote = await source.open_archive(set_id, FIRST_TAIL, sink)
+                remote = await source.open_archive(set_id, FIRST_TAIL, spool)
                 if remote is None:
-                    await trio.to_thread.run_sync(self._ingest_archive, set_id, path)
+                    await trio.to_thread.run_sync(self._ingest_archive, set_id, spool)
                     return None
-                tail = path.read_bytes()  # at most FIRST_TAIL bytes, just written: no thread
+                spool.seek(0)
+                tail = spool.read()  # at most FIRST_TAIL bytes, in memory
                 stored = self.store.listing_get(set_id)
                 if stored is None:
                     await self._store_listing_from_tail(remote, tail)
@@ -386,7 +386,7 @@ class Library:
             except OsufsError as error:
                 failures.append(error)
             finally:
-                path.unlink(missing_ok=True)
+                spool.close()
         raise self._give_up(set_id, failures, skipped=len(self._archive_sources()) - len(available))
 
     def _give_up(self, set_id: int, failures: list[OsufsError], skipped: int = 0) -> OsufsError:
@@ -477,37 +477,36 @@ class Library:
         if blobs:
             await trio.to_thread.run_sync(self.store.commit_blobs, blobs)
 
-    def _ingest_archive(self, set_id: int, path: Path) -> None:
+    def _ingest_archive(self, set_id: int, file: BinaryIO) -> None:
         """Check a whole downloaded archive and move every member into the store (blocking)."""
-        with open(path, "rb") as file:
-            members = archive.read_members(file, self.limits)
-            listing = self.store.listing_get_uncached(set_id)
-            if listing is None:
-                references: list[str] = []
-                if _needs_references(members):
-                    for number in _osu_members(members):
-                        member = members[number]
-                        try:
-                            data = _inflate(_local_reader(file, member), member, self.limits)
-                        except MemberError:
-                            continue
-                        references += referenced_files(parse_osu(data))
-                listing = build_listing(members, references, log)
-                listing = self.store.listing_put(set_id, listing)
-            foreign = _match_members(listing, members, f"set {set_id}: the downloaded archive")
-            cached = self.store.cached_entries(set_id)
-            pending = []
-            for index, entry in enumerate(listing.entries):
-                if entry.is_dir or index in cached:
-                    continue
-                member = listing.members[entry.member] if foreign is None else foreign.get(index)
-                if member is None:
-                    self._note_bad_member(set_id, index, _absent(listing, index))
-                    continue
-                try:
-                    pending.append(self._extract_local(set_id, index, file, member))
-                except MemberError as error:
-                    self._note_bad_member(set_id, index, error)
+        members = archive.read_members(file, self.limits)
+        listing = self.store.listing_get_uncached(set_id)
+        if listing is None:
+            references: list[str] = []
+            if _needs_references(members):
+                for number in _osu_members(members):
+                    member = members[number]
+                    try:
+                        data = _inflate(_local_reader(file, member), member, self.limits)
+                    except MemberError:
+                        continue
+                    references += referenced_files(parse_osu(data))
+            listing = build_listing(members, references, log)
+            listing = self.store.listing_put(set_id, listing)
+        foreign = _match_members(listing, members, f"set {set_id}: the downloaded archive")
+        cached = self.store.cached_entries(set_id)
+        pending = []
+        for index, entry in enumerate(listing.entries):
+            if entry.is_dir or index in cached:
+                continue
+            member = listing.members[entry.member] if foreign is None else foreign.get(index)
+            if member is None:
+                self._note_bad_member(set_id, index, _absent(listing, index))
+                continue
+            try:
+                pending.append(self._extract_local(set_id, index, file, member))
+            except MemberError as error:
+                self._note_bad_member(set_id, index, error)
         self.store.commit_blobs(pending)
 
     def _extract_local(
@@ -848,14 +847,10 @@ class Library:
 
     async def _download(self, remote: RemoteArchive) -> None:
         """Stream a whole archive to disk and ingest it."""
-        path, sink = self.store.new_temp()
-        try:
-            with sink:
-                # Checked there: length, HTML, and the source's own hashes when it has them.
-                await remote.source.download_whole(remote.set_id, remote.url, sink, remote.size)
-            await trio.to_thread.run_sync(self._ingest_archive, remote.set_id, path)
-        finally:
-            path.unlink(missing_ok=True)
+        with self.store.archive_spool() as spool:
+            # Checked there: length, HTML, and the source's own hashes when it has them.
+            await remote.source.download_whole(remote.set_id, remote.url, spool, remote.size)
+            await trio.to_thread.run_sync(self._ingest_archive, remote.set_id, spool)
 
 
 def _match_members(

@@ -46,13 +46,14 @@ import secrets
 import shutil
 import signal
 import struct
+import tempfile
 import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, TypeVar, cast
 
 import lmdb
 import msgpack
@@ -68,6 +69,7 @@ INITIAL_MAP_SIZE = 256 << 20
 # thousands of sets finds their trees decoded, and a set of 60,000 members cannot crowd memory.
 LISTING_CACHE_ENTRIES = 200_000
 HASH_CHUNK = 1 << 20
+SPOOL_IN_MEMORY = 64 << 10  # above an archive's first tail (16 KiB) and a longer second try
 _DIGEST_NAME = re.compile(r"[0-9a-f]{64}")
 
 # Testing only: `OSUFS_CRASH_AT=<point>` makes the process SIGKILL itself at that point, so the
@@ -540,6 +542,12 @@ class Store:
     def new_temp(self) -> tuple[Path, BinaryIO]:
         path = self.tmp_dir / secrets.token_hex(8)
         return path, open(path, "xb")
+
+    def archive_spool(self) -> BinaryIO:
+        """Scratch space for an archive or its tail: in memory while small (a tail needs no
+        file), then a nameless file in tmp/ that vanishes with the process."""
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, dir=self.tmp_dir)  # noqa: SIM115 - the caller closes it
+        return cast(BinaryIO, spool)
 
     def commit_blobs(self, blobs: list[PendingBlob]) -> None:
         """Move fsynced temporary files into content/ and index them, evicting what the budget
