@@ -485,6 +485,12 @@ def umount(mountpoint: Path) -> None:
     default=None,
     help="Cap on body bytes per second (to emulate a slow link).",
 )
+@click.option(
+    "--link",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Cap on body bytes per second that all answers share (to emulate a client's link).",
+)
 @click.option("--no-ranges", is_flag=True, help="Ignore Range headers, like a plain mirror.")
 @click.option("--debug", is_flag=True)
 def serve(
@@ -493,6 +499,7 @@ def serve(
     host: str,
     latency: float,
     bandwidth: int | None,
+    link: int | None,
     no_ranges: bool,
     debug: bool,
 ) -> None:
@@ -511,6 +518,7 @@ def serve(
                     port,
                     latency=latency,
                     bandwidth=bandwidth,
+                    link=link,
                     ranges=not no_ranges,
                 )
             )

@@ -152,8 +152,22 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, min(int(last), size - 1) if last else size - 1
 
 
+class Link:
+    """A downlink shared by every archive body: each chunk waits for its turn on the wire."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._free_at = 0.0
+
+    def reserve(self, size: int) -> float:
+        """When a chunk of `size` bytes sent now would have fully arrived."""
+        start = max(anyio.current_time(), self._free_at)
+        self._free_at = start + size / self.rate
+        return self._free_at
+
+
 class _FileResponse(Response):
-    """Streams an open file with Range support and an optional bandwidth cap."""
+    """Streams an open file with Range support, an optional bandwidth cap and a shared link."""
 
     def __init__(
         self,
@@ -164,11 +178,13 @@ class _FileResponse(Response):
         if_range: str | None,
         ranges: bool,
         bandwidth: int | None,
+        link: Link | None,
     ) -> None:
         stat = os.fstat(file.fileno())
         self.file = file
         self.size = stat.st_size
         self.bandwidth = bandwidth
+        self.link = link
         etag = f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"'
         headers = {
             "content-type": ARCHIVE_TYPE,
@@ -217,9 +233,10 @@ class _FileResponse(Response):
 
     async def _stream(self, send: Send, remaining: int) -> None:
         chunk = CHUNK
-        if self.bandwidth:
-            # About ten sends a second keeps the pacing smooth without tiny writes.
-            chunk = max(1024, min(CHUNK, self.bandwidth // 10))
+        for rate in (self.bandwidth, self.link and self.link.rate):
+            if rate:
+                # About ten sends a second keeps the pacing smooth without tiny writes.
+                chunk = max(1024, min(chunk, rate // 10))
         began = anyio.current_time()
         sent = 0
         position = self.start
@@ -231,10 +248,12 @@ class _FileResponse(Response):
             position += len(data)
             remaining -= len(data)
             sent += len(data)
+            # Hold each chunk until the capped rates would have delivered it in full, so
+            # even a one-chunk body takes size / bandwidth seconds.
             if self.bandwidth:
-                # Hold each chunk until the capped rate would have delivered it in full, so
-                # even a one-chunk body takes size / bandwidth seconds.
                 await anyio.sleep_until(began + sent / self.bandwidth)
+            if self.link:
+                await anyio.sleep_until(self.link.reserve(len(data)))
             await send({"type": "http.response.body", "body": data, "more_body": remaining > 0})
 
 
@@ -688,6 +707,7 @@ async def download(request: Request, *, novid: bool) -> Response:
         if_range=request.headers.get("if-range"),
         ranges=options["ranges"],
         bandwidth=options["bandwidth"],
+        link=options["link"],
     )
 
 
@@ -722,13 +742,15 @@ def create_app(
     *,
     latency: float = 0.0,
     bandwidth: int | None = None,
+    link: int | None = None,
     ranges: bool = True,
     limits: Limits | None = None,
 ) -> Starlette:
     """The Hexide API over `folder`; counters in `app.state.stats` (a ServerStats).
 
     latency: seconds slept before handling each request; bandwidth: bytes per second each
-    archive body is held to; ranges=False ignores Range and omits Accept-Ranges."""
+    archive body is held to; link: bytes per second all archive bodies share (a client's
+    downlink); ranges=False ignores Range and omits Accept-Ranges."""
     state = _Folder(Path(folder), limits or Limits())
 
     @contextlib.asynccontextmanager
@@ -763,7 +785,11 @@ def create_app(
     )
     app.state.folder = state
     app.state.stats = stats_
-    app.state.options = {"bandwidth": bandwidth, "ranges": ranges}
+    app.state.options = {
+        "bandwidth": bandwidth,
+        "link": Link(link) if link else None,
+        "ranges": ranges,
+    }
     return app
 
 

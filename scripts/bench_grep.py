@@ -17,7 +17,7 @@ Both sides' file lists are compared; any difference, grep error or mount warning
 Run it with the project's interpreter (needs /dev/fuse, fusermount3, curl, unzip, grep):
 
     .venv/bin/python scripts/bench_grep.py [--sets 1000] [--latency 0.02]
-        [--bandwidth 50000000] [--workdir DIR] [--keep] [--profile]
+        [--bandwidth 50000000] [--link BYTES_PER_S] [--workdir DIR] [--keep] [--profile]
 
 Disk: about twice the library (archives + unpacked tree); the osufs cache is removed before the
 naive phase. Everything it starts is stopped, and the mount unmounted, even on Ctrl-C.
@@ -400,6 +400,11 @@ def main() -> int:
         "--bandwidth", type=int, default=50 * MB, help="bytes/s, per response [50 MB/s]"
     )
     parser.add_argument(
+        "--link",
+        type=int,
+        help="bytes/s all responses share: the client's downlink (default: none)",
+    )
+    parser.add_argument(
         "--audio-size", type=int, default=2_500_000, help="bytes per audio file [2.5 MB]"
     )
     parser.add_argument("--pattern", default="Mode: 2", help="what grep looks for [Mode: 2]")
@@ -443,6 +448,7 @@ def main() -> int:
         how = f"built in {built:.0f} s" if built else "reused"
         print(f"  {how}: {human(library_bytes)}")
         shaping = ["--latency", str(args.latency), "--bandwidth", str(args.bandwidth)]
+        shaping += ["--link", str(args.link)] if args.link else []
         server = Server(archives, server_log, *shaping)
         start = time.perf_counter()
         warm_server(server.url, ids, 16)
@@ -536,7 +542,9 @@ def main() -> int:
         bytes_ratio = osufs_cold["bytes_sent"] / naive_bytes["bytes_sent"]
         speedup = naive_seconds / cold.seconds
         warm_ratio = osufs_warm / native_warm
-        bw = f"{args.bandwidth / MB:g} MB/s"
+        bw = f"{args.bandwidth / MB:g} MB/s a response"
+        if args.link:
+            bw += f", {args.link / MB:g} MB/s shared (the client's link)"
         load = "/".join(f"{x:.1f}" for x in os.getloadavg())
         rows = [
             f"grep benchmark, {datetime.date.today()}, {platform.node()}: "
@@ -545,7 +553,7 @@ def main() -> int:
             f"load average at the end {load} (other work on the machine adds noise)",
             f"library: {len(ids)} sets, {human(library_bytes)} ({human(library_bytes / len(ids))}"
             f" a set; audio {human(args.audio_size)}); server: {args.latency * 1000:g} ms a "
-            f"request, {bw} a response; osufs --read-ahead {args.pool}, naive pool {args.pool}",
+            f"request, {bw}; osufs --read-ahead {args.pool}, naive pool {args.pool}",
             f"scan: grep -rl --include='*.osu' {shlex.quote(args.pattern)} -> {matched} files "
             f"in {matched_sets} sets",
             "",

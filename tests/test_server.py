@@ -453,6 +453,27 @@ def test_bandwidth(folder: Path) -> None:
     run(folder, check, bandwidth=200_000)
 
 
+def test_link_is_shared(folder: Path) -> None:
+    """Two bodies at once share the link: together they take as long as both in a row."""
+
+    async def check(client: httpx.AsyncClient) -> None:
+        sizes: list[int] = []
+
+        async def fetch() -> None:
+            response = await client.get("/beatmaps/1/download", headers={"Range": "bytes=0-99999"})
+            sizes.append(len(response.content))
+
+        began = time.monotonic()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch)
+            nursery.start_soon(fetch)
+        elapsed = time.monotonic() - began
+        assert sizes == [100_000, 100_000]
+        assert elapsed >= 1.0  # 200 kB through a 200 kB/s link, however many answers
+
+    run(folder, check, link=200_000)
+
+
 def test_serve_with_options(folder: Path) -> None:
     """`serve` itself: binds loopback, reports its port, passes app options through."""
 
