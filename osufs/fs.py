@@ -7,6 +7,7 @@ becomes EIO, because an exception escaping a handler would end pyfuse3.main and 
 
 from __future__ import annotations
 
+import bisect
 import errno
 import functools
 import logging
@@ -21,6 +22,7 @@ import pyfuse3
 from osufs.errors import OsufsError
 from osufs.library import Library
 from osufs.listing import SetListing
+from osufs.rootdir import RootListing
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,6 @@ ENTRY_MASK = (1 << SET_SHIFT) - 1
 ALIAS = ENTRY_MASK  # entry number of the bare-id symlink
 # Archive contents never change: let the kernel keep entries and attributes for a day.
 TIMEOUT = 86400.0
-ROOT_FIRST_PAGE = 64
-ROOT_PAGE = 512
 BLOCK = 4096
 XATTRS = (b"user.osufs.set_id", b"user.osufs.cached", b"user.osufs.source")
 _BARE_ID = re.compile(rb"[1-9][0-9]{0,9}")
@@ -77,6 +77,7 @@ class Operations(pyfuse3.Operations):
     def __init__(self, library: Library) -> None:
         super().__init__()
         self.library = library
+        self._root = RootListing(library)
         self._uid = os.getuid()
         self._gid = os.getgid()
 
@@ -193,22 +194,22 @@ class Operations(pyfuse3.Operations):
                 return
 
     async def _readdir_root(self, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        """Pages from the index; the offset is the last set id sent, so order is stable.
+        """The offset is the last set id sent, so the order is stable and a set that joins
+        between requests never makes another be sent twice or skipped.
 
-        Pages start small and double: the kernel takes a few hundred entries a request, and
-        every record decoded past that is wasted (100,000 sets are many requests)."""
-        after = start_id
-        size = ROOT_FIRST_PAGE
-        while True:
-            page = self.library.catalogue_page(after, size)
-            if not page:
+        Set folders differ only in inode and times, and readdir_reply copies the attributes
+        into the reply at once, so one object serves every entry (a fresh one per entry was
+        half the daemon's time in `ls` of 100,000 sets)."""
+        root = await self._root.entries()
+        ids, mtimes, names = root.ids, root.mtimes, root.names
+        attrs = self._set_attributes(0, 0)
+        reply = pyfuse3.readdir_reply
+        for index in range(bisect.bisect_right(ids, start_id), len(ids)):
+            set_id = ids[index]
+            attrs.st_ino = set_inode(set_id)
+            attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = mtimes[index]
+            if not reply(token, names[index], attrs, set_id):
                 return
-            for set_id, record in page:
-                attrs = self._set_attributes(set_id, record.mtime_ns)
-                if not pyfuse3.readdir_reply(token, os.fsencode(record.folder), attrs, set_id):
-                    return
-                after = set_id
-            size = min(2 * size, ROOT_PAGE)
 
     # files
 

@@ -128,6 +128,11 @@ class Library:
                     break
         return page
 
+    def catalogue_stamp(self) -> tuple[int, object]:
+        """Equal for as long as catalogue_page answers the same: sets only ever join the index
+        (names never move), and a catalogue file is reread into a new list."""
+        return self.store.catalogue_count(), self._listed
+
     async def resume_catalogue(self) -> None:
         """At mount: go on with a paged set list a previous session left unfinished (or
         finished over RESYNC_AFTER ago), and name the catalogue file's sets; the other lists

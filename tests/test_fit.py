@@ -48,6 +48,53 @@ def test_large_root_lists_every_set_in_a_stable_order(tmp_path: Path):
         assert stats.f_bsize == 4096
 
 
+def test_sets_joining_during_a_root_listing(tmp_path: Path):
+    """Another process adds sets between two readdir requests of one listing: no set is sent
+    twice or lost, the one added past the reader's position shows, and readdir's attributes
+    are each set's own."""
+    cache = tmp_path / "cache"
+    records = {
+        set_id: CatalogueRecord(
+            set_folder_name(set_id, f"Artist {set_id % 89}", f"Title {set_id}"),
+            (1_500_000_000 + set_id) * 1_000_000_000,
+            "test",
+        )
+        for set_id in range(10, 10 * LARGE_ROOT + 1, 10)
+    }
+    store = Store(cache)
+    store.catalogue_add(list(records.items()))
+    store.close()
+    behind, ahead = 15, 10 * LARGE_ROOT + 5
+    joining = {
+        i: CatalogueRecord(set_folder_name(i, "Late", f"Set {i}"), 0, "test")
+        for i in (behind, ahead)
+    }
+    with mounted(tmp_path / "mnt", cache, tmp_path / "mount.log", "--offline") as mount:
+        with os.scandir(mount.mountpoint) as listing:
+            listed = [next(listing).name]  # the first request is answered and buffered
+            writer = Store(cache)
+            try:
+                writer.catalogue_add(list(joining.items()))
+            finally:
+                writer.close()
+            listed += [entry.name for entry in listing]
+        ids = [int(name.split(" ", 1)[0]) for name in listed]
+        assert ids == sorted(set(ids)), "a set was sent twice or out of order"
+        assert set(ids) == set(records) | {ahead}, "a set was lost, or one behind was sent"
+        assert set(os.listdir(mount.mountpoint)) == {
+            r.folder for r in [*records.values(), *joining.values()]
+        }
+        for set_id in (10, 12_340, 10 * LARGE_ROOT, ahead):
+            record = records.get(set_id) or joining[set_id]
+            st = os.stat(mount.mountpoint / record.folder)
+            assert (st.st_ino, st.st_mtime_ns, st.st_ctime_ns) == (
+                set_id << 32,
+                record.mtime_ns,
+                record.mtime_ns,
+            )
+            assert st.st_mode == 0o040555 and st.st_nlink == 2
+
+
 def test_xattrs_say_what_a_file_manager_wants(server: Server, archives: Path, tmp_path: Path):
     with mounted_from(server, tmp_path, "--read-ahead", "0") as mount:
         folder = mount.mountpoint / "100001"

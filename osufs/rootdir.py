@@ -1,0 +1,58 @@
+"""The root directory's sets, held compactly in memory for readdir (issue 7).
+
+Paging the index for every listing cost a msgpack decode and a fresh attributes object per set,
+about 2.5 µs each: most of an `ls` of 100,000 sets. Here the root is an array of ids, an array of
+times and a list of encoded names (about 100 bytes a set), rebuilt when the catalogue changes.
+"""
+
+from __future__ import annotations
+
+import os
+from array import array
+from dataclasses import dataclass, field
+
+import trio
+
+from osufs.library import Library
+
+BUILD_PAGE = 4096
+
+
+@dataclass(frozen=True)
+class RootEntries:
+    """Listed sets in id order: ids[i] is named names[i] and has mtime mtimes[i] (ns)."""
+
+    ids: array = field(default_factory=lambda: array("Q"))
+    mtimes: array = field(default_factory=lambda: array("q"))
+    names: list[bytes] = field(default_factory=list)
+
+
+class RootListing:
+    """The root's entries as of the catalogue's latest state, rebuilt on the first readdir after
+    it changed (a worker thread reads the index, so other requests go on meanwhile)."""
+
+    def __init__(self, library: Library) -> None:
+        self._library = library
+        self._stamp: object = None
+        self._entries = RootEntries()
+        self._lock = trio.Lock()
+
+    async def entries(self) -> RootEntries:
+        async with self._lock:
+            stamp = self._library.catalogue_stamp()
+            if stamp != self._stamp:
+                # Stamped before reading: a change while building is seen by the next call.
+                self._entries = await trio.to_thread.run_sync(self._build)
+            self._stamp = stamp  # the same sets in a reread file: compared by identity from now
+            return self._entries
+
+    def _build(self) -> RootEntries:
+        built = RootEntries()
+        after = 0
+        while page := self._library.catalogue_page(after, BUILD_PAGE):
+            for set_id, record in page:
+                built.ids.append(set_id)
+                built.mtimes.append(record.mtime_ns)
+                built.names.append(os.fsencode(record.folder))
+            after = page[-1][0]
+        return built
