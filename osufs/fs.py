@@ -36,6 +36,10 @@ ALIAS = ENTRY_MASK  # entry number of the bare-id symlink
 # Archive contents never change: let the kernel keep entries and attributes for a day.
 TIMEOUT = 86400.0
 BLOCK = 4096
+# glibc's opendir sizes its getdents buffer from the directory's st_blksize (32 KiB to 1 MiB),
+# and the kernel sizes its READDIRPLUS request from that buffer (up to max_pages, 1 MiB with
+# libfuse 3.14): so `ls` of the root takes about 5,400 sets a request instead of 170.
+ROOT_BLKSIZE = 1 << 20
 XATTRS = (b"user.osufs.set_id", b"user.osufs.cached", b"user.osufs.source")
 _BARE_ID = re.compile(rb"[1-9][0-9]{0,9}")
 _LEADING_ID = re.compile(rb"([1-9][0-9]{0,9}) ")
@@ -100,7 +104,9 @@ class Operations(pyfuse3.Operations):
         return attrs
 
     def _root_attributes(self) -> pyfuse3.EntryAttributes:
-        return self._attributes(ROOT, stat.S_IFDIR | 0o555, 0, 0)
+        attrs = self._attributes(ROOT, stat.S_IFDIR | 0o555, 0, 0)
+        attrs.st_blksize = ROOT_BLKSIZE
+        return attrs
 
     def _set_attributes(self, set_id: int, mtime_ns: int) -> pyfuse3.EntryAttributes:
         return self._attributes(set_inode(set_id), stat.S_IFDIR | 0o555, 0, mtime_ns)
