@@ -204,8 +204,8 @@ class Operations(pyfuse3.Operations):
         between requests never makes another be sent twice or skipped.
 
         Set folders differ only in inode and times, and readdir_reply copies the attributes
-        into the reply at once, so one object serves every entry (a fresh one per entry was
-        half the daemon's time in `ls` of 100,000 sets)."""
+        into the reply at once, so one object serves every entry (building a fresh one cost
+        about 1 µs an entry)."""
         root = await self._root.entries()
         ids, mtimes, names = root.ids, root.mtimes, root.names
         attrs = self._set_attributes(0, 0)

@@ -22,8 +22,8 @@ BUILD_PAGE = 4096
 class RootEntries:
     """Listed sets in id order: ids[i] is named names[i] and has mtime mtimes[i] (ns)."""
 
-    ids: array = field(default_factory=lambda: array("Q"))
-    mtimes: array = field(default_factory=lambda: array("q"))
+    ids: array[int] = field(default_factory=lambda: array("Q"))
+    mtimes: array[int] = field(default_factory=lambda: array("q"))
     names: list[bytes] = field(default_factory=list)
 
 
