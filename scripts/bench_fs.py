@@ -3,6 +3,9 @@
 
     .venv/bin/python scripts/bench_fs.py [--sets 100000] [--cached 1000] [--workdir DIR]
 
+The peers: `.venv/bin/pip install -e '.[bench]'` (ratarmount) and `apt-get install fuse-zip`;
+a peer that is missing is reported as such and its columns left empty.
+
 1. Root `ls -f` and `ls -l` of --sets sets: osufs (index filled directly through Store, mounted
    --offline) against a native directory of as many folders with the same names.
 2. `find` and `grep -r` over --cached sample sets (built with real .osu files from the shared
