@@ -287,8 +287,17 @@ def library_config(
 @click.option(
     "--writable",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for a writable layer (needs fuse-overlayfs): what is written, created, renamed "
-    "or deleted in the mount is kept there, never in the cache or on a source.",
+    help="Folder for a writable layer: what is written, created, renamed or deleted in the "
+    "mount is kept there, never in the cache or on a source.",
+)
+@click.option(
+    "--overlay",
+    type=click.Choice(overlay.ENGINES),
+    default="auto",
+    show_default=True,
+    help="The writable layer's engine: kernel (the kernel's overlayfs; needs root), "
+    "fuse-overlayfs (any user; needs the fuse-overlayfs package), or auto (the kernel's where "
+    "it may mount, else fuse-overlayfs).",
 )
 @click.option("--foreground", "-f", is_flag=True, help="Stay attached; Ctrl-C unmounts.")
 @click.option("--ready-fd", type=int, hidden=True)
@@ -305,15 +314,16 @@ def mount(
     """Mount the library at MOUNTPOINT."""
     if not mountpoint.is_dir():
         raise click.UsageError(f"{mountpoint} is not a directory")
-    if os.path.ismount(mountpoint):
-        # Linux would stack a second mount on top; nobody wants that.
+    if writable is None and os.path.ismount(mountpoint):
+        # Linux would stack a second mount on top; nobody wants that. (With --writable,
+        # clear_stale says so, or takes down the overlay a killed mount left.)
         raise click.UsageError(f"{mountpoint} is mounted already; osufs umount it first")
     if not options["sources"] and not offline:
         raise click.UsageError("give at least one --source (or --offline to serve the cache)")
     read_cookie(options["cookie_file"])  # refuse a readable cookie file before detaching
     if writable is not None:
         try:  # say what is missing or wrong before detaching
-            overlay.find_tool()
+            overlay.check_engine(options["overlay"])
             overlay.clear_stale(overlay.plan(mountpoint, writable))
         except overlay.OverlayError as error:
             raise click.ClickException(str(error)) from None

@@ -29,6 +29,7 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "max_member_size": (int, str),
     "max_ratio": int,
     "writable": str,
+    "overlay": str,
     "client_file": str,
     "catalogue": str,
     "catalogue_query": str,

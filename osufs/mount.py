@@ -1,9 +1,10 @@
 """The mount lifecycle, in one place: everything opened in one exit stack and nursery, closed in
 reverse; SIGINT and SIGTERM end the FUSE loop, which unmounts.
 
-With a writable layer the library is mounted read-only at a private lower directory and
-fuse-overlayfs (osufs/overlay.py) at the mountpoint; the overlay goes first, then the lower mount,
-whether the stop comes from a signal or from someone unmounting the overlay."""
+With a writable layer the library is mounted read-only at a private lower directory and an
+overlay (osufs/overlay/: the kernel's overlayfs or fuse-overlayfs) at the mountpoint; the overlay
+goes first, then the lower mount, whether the stop comes from a signal or from someone unmounting
+the overlay."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from osufs.archive import Limits
 from osufs.errors import OsufsError
 from osufs.fs import Operations
 from osufs.library import READ_AHEAD_SETS, Library
-from osufs.overlay import LowerOperations, Overlay, OverlayError
+from osufs.overlay import LowerOperations, OverlayError, Writable
 from osufs.sources import SourceSpec, build_sources
 from osufs.store import Store
 
@@ -51,6 +52,7 @@ class MountConfig:
     read_ahead: int = READ_AHEAD_SETS
     cache_size: int | None = None  # bytes of content the cache may hold; None: no limit
     writable: Path | None = None  # the writable layer's folder; None: a read-only mount
+    overlay: str = "auto"  # the writable layer's engine: overlay.ENGINES
     # The osu! API (osuapi=URL): its OAuth client, and which sets it lists (docs/sources.md).
     client_id: str | None = None
     client_secret: str | None = field(default=None, repr=False)
@@ -67,7 +69,7 @@ def fuse_options(config: MountConfig) -> set[str]:
         if config.allow_other:
             options.add("allow_other")
     else:
-        # The lower layer: only fuse-overlayfs, running as the same user, reads it.
+        # The lower layer: only the overlay reads it, as the user who mounted both.
         options.add(f"fsname={overlay.lower_fsname(config.mountpoint)}")
     return options
 
@@ -123,7 +125,7 @@ async def run_mount(config: MountConfig, ready: Callable[[], None] = lambda: Non
     if config.writable is not None:
         layout = overlay.plan(config.mountpoint, config.writable)
         overlay.clear_stale(layout)
-        layer = Overlay(layout, allow_other=config.allow_other)
+        layer = Writable(layout, engine=config.overlay, allow_other=config.allow_other)
     failures: list[OverlayError] = []
     async with open_library(config) as library:
         if library.store.catalogue_count() == 0 and library.sources:
@@ -144,7 +146,7 @@ async def run_mount(config: MountConfig, ready: Callable[[], None] = lambda: Non
                     log.info("mounted %s (cache %s)", config.mountpoint, config.cache_dir)
                     ready()
                 else:
-                    # fuse-overlayfs reads the lower mount as it starts, so it runs beside it.
+                    # The overlay reads the lower mount as it starts, so it runs beside it.
                     nursery.start_soon(_run_overlay, layer, ready, failures)
                 await pyfuse3.main()
                 nursery.cancel_scope.cancel()
@@ -159,7 +161,7 @@ async def run_mount(config: MountConfig, ready: Callable[[], None] = lambda: Non
 
 
 async def _run_overlay(
-    layer: Overlay, ready: Callable[[], None], failures: list[OverlayError]
+    layer: Writable, ready: Callable[[], None], failures: list[OverlayError]
 ) -> None:
     """The overlay for as long as it is mounted; then the lower mount ends too."""
     try:
