@@ -25,8 +25,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def osufs_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "osufs", *args]
+def osufs_command(*args: str, module: str = "osufs") -> list[str]:
+    return [sys.executable, "-m", module, *args]
 
 
 class Server:
@@ -77,6 +77,7 @@ class Mount:
         log_path: Path,
         *args: str,
         env: dict[str, str] | None = None,
+        module: str = "osufs",
     ) -> None:
         self.mountpoint = mountpoint
         self.log_path = log_path
@@ -84,7 +85,13 @@ class Mount:
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in unmount()
         self.process = subprocess.Popen(
             osufs_command(
-                "mount", str(mountpoint), "--foreground", "--cache-dir", str(cache_dir), *args
+                "mount",
+                str(mountpoint),
+                "--foreground",
+                "--cache-dir",
+                str(cache_dir),
+                *args,
+                module=module,
             ),
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -135,9 +142,14 @@ def mounted_from(
 
 @contextlib.contextmanager
 def mounted(
-    mountpoint: Path, cache_dir: Path, log_path: Path, *args: str, env: dict[str, str] | None = None
+    mountpoint: Path,
+    cache_dir: Path,
+    log_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    module: str = "osufs",
 ) -> Iterator[Mount]:
-    mount = Mount(mountpoint, cache_dir, log_path, *args, env=env)
+    mount = Mount(mountpoint, cache_dir, log_path, *args, env=env, module=module)
     try:
         yield mount
     finally:

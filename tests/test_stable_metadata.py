@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from osufs.names import MEMBER_ROOM, set_folder_name
 from osufs.samples import build_sample_library
 from tests.helpers import REAL_ARCHIVES, Server, mounted
-from tests.test_writable import writable_mount
+from tests.test_writable import KERNEL_LOWER_TAG, USABLE, writable_mount
 
 SAMPLES = 4
 SONGS = len("C:\\osu!\\Songs\\")
@@ -81,9 +81,11 @@ def test_stat_is_the_same_in_every_state_and_from_every_source(archives: Path, t
     try:
         from_ranged, tails = three_mounts(ranged, tmp_path / "ranged")
         from_plain, wholes = three_mounts(plain, tmp_path / "plain")
-        # Through the writable layer, on top of the ranged cache, offline.
-        with writable_mount(tmp_path / "ranged", plain, "--offline") as mount:
-            through_overlay = snapshot(mount.mountpoint)
+        # Through the writable layer by each engine, on top of the ranged cache, offline.
+        through_overlay = {}
+        for engine in (name for name, usable in USABLE.items() if usable):
+            with writable_mount(tmp_path / "ranged", plain, "--offline", engine=engine) as mount:
+                through_overlay[engine] = snapshot(mount.mountpoint)
     finally:
         ranged.stop()
         plain.stop()
@@ -97,11 +99,14 @@ def test_stat_is_the_same_in_every_state_and_from_every_source(archives: Path, t
     assert any(stat.S_ISDIR(mode) for _size, _mtime, mode, _ino in first.values())
     for state in [*from_ranged, *from_plain]:
         assert state == first
-    # The writable layer adds the owner's write bit (so osu! may write) and changes nothing else.
-    assert through_overlay == {
-        path: (size, mtime, mode | stat.S_IWUSR, ino)
-        for path, (size, mtime, mode, ino) in first.items()
-    }
+    # The writable layer adds the owner's write bit (so osu! may write), and the kernel's tags
+    # inode numbers with their layer (README: xino); nothing else changes.
+    for engine, state in through_overlay.items():
+        tag = KERNEL_LOWER_TAG if engine == "kernel" else 0
+        assert state == {
+            path: (size, mtime, mode | stat.S_IWUSR, tag | ino)
+            for path, (size, mtime, mode, ino) in first.items()
+        }, engine
     for path, (_size, mtime, mode, ino) in first.items():
         set_id = int(path.split(" ", 1)[0])
         assert ino >> 32 == set_id, path  # inodes derive from the set id
