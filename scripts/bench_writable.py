@@ -1,21 +1,29 @@
 #!/usr/bin/env python3
-"""What the writable layer costs: start time over a large index, and warm reads of untouched
-files through the writable mount against the read-only mount, in one run.
+"""What the writable layer costs, by each engine: start time over a large index, and warm
+reads of untouched files through the writable mount against the read-only mount, in one run.
+
+The forms: `read-only` (no --writable), `kernel` (--writable --overlay kernel, the kernel's
+overlayfs; needs root) and `fuse-overlayfs` (--writable --overlay fuse-overlayfs); a form that
+cannot mount here is left out and said so.
 
 1. Builds the demo library (36 sets), serves it on loopback, and reads all of it once through
    a read-only mount, so every file is cached.
 2. Adds --sets synthetic sets (default 100,000) to the index directly (Store.catalogue_add with
    names.set_folder_name), as a full set list would.
-3. Start time: `osufs mount --offline` until the mount appears, read-only and --writable
-   (fuse-overlayfs loads the whole root as it starts), --starts times each, alternating.
-4. Warm reads: both forms mounted side by side over the same cache; after a warm-up pass,
+3. Start time: `osufs mount --offline` until the mount appears (fuse-overlayfs loads the whole
+   root as it starts; the kernel's overlayfs loads nothing), then the first scan of the root:
+   every entry listed and stated, as osu! does at start. --starts times each, alternating.
+4. Warm reads: every form mounted side by side over the same cache; after a warm-up pass,
    --passes passes each, alternating, of (a) every file of the 36 sets opened, read whole and
    closed, (b) every file opened and its first 64 KiB read, (c) the files of 100 KB or more
    opened once and read whole 20 times (the read path alone, without opens). Best and median.
-   (Pausing between passes was tried: on a VM it slows both forms twofold, so passes run back
+   (Pausing between passes was tried: on a VM it slows every form twofold, so passes run back
    to back, each paying for the releases the previous one queued, as a real scan would.)
 
-    scripts/bench_writable.py [--sets 100000] [--starts 3] [--passes 5] [--json]
+The machine's load average is printed before and after: other work on a shared machine moves
+every figure, and alternating passes spread that over the forms alike.
+
+    scripts/bench_writable.py [--sets 100000] [--starts 3] [--passes 15] [--json]
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
@@ -38,6 +47,7 @@ import httpx
 
 from osufs import overlay
 from osufs.names import set_folder_name
+from osufs.overlay import kernel
 from osufs.samples import build_sample_library
 from osufs.store import CatalogueRecord, Store
 
@@ -145,6 +155,15 @@ def reread_big(files: list[Path]) -> int:
     return total
 
 
+def scan_root(root: Path) -> int:
+    count = 0
+    with os.scandir(root) as entries:
+        for entry in entries:
+            entry.stat(follow_symlinks=False)
+            count += 1
+    return count
+
+
 def timed(work: Callable[[], int]) -> float:
     started = time.perf_counter()
     work()
@@ -193,11 +212,25 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"best": min(values), "median": statistics.median(values)}
 
 
+def usable_forms() -> dict[str, tuple[str, ...] | None]:
+    """Each form's extra mount options; None for a form that cannot mount here."""
+    fuse = shutil.which("fuse-overlayfs") is not None
+    return {
+        "read-only": (),
+        "kernel": ("--overlay", "kernel") if kernel.may_mount() else None,
+        "fuse-overlayfs": ("--overlay", "fuse-overlayfs") if fuse else None,
+    }
+
+
+def load() -> str:
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", type=int, default=100_000)
     parser.add_argument("--starts", type=int, default=3)
-    parser.add_argument("--passes", type=int, default=5)
+    parser.add_argument("--passes", type=int, default=15)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -207,33 +240,47 @@ def main() -> int:
     env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime)}
     cache = work / "cache"
     offline = ("--offline", "--cache-dir", str(cache), "--read-ahead", "0")
-    writable = ("--writable", str(work / "layer"))
-    results: dict[str, object] = {"sets": args.sets + DEMO_SETS}
+    usable = usable_forms()
+    forms = {
+        form: extra if form == "read-only" else ("--writable", str(work / f"layer-{form}"), *extra)
+        for form, extra in usable.items()
+        if extra is not None
+    }
+    results: dict[str, object] = {
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_before": load(),
+        "sets": args.sets + DEMO_SETS,
+        "left_out": [form for form, extra in usable.items() if extra is None],
+    }
     try:
         fill_cache(work, cache, env)
         add_synthetic_sets(cache, args.sets)
 
-        starts: dict[str, list[float]] = {"read-only": [], "writable": []}
+        starts: dict[str, list[float]] = {form: [] for form in forms}
+        scans: dict[str, list[float]] = {form: [] for form in forms}
         for i in range(args.starts):
-            for form, extra in (("read-only", ()), ("writable", writable)):
-                with mounted(
-                    work / "mnt", work / f"start-{form}-{i}.log", *offline, *extra, env=env
-                ) as m:
+            for form, extra in forms.items():
+                log = work / f"start-{form}-{i}.log"
+                with mounted(work / "mnt", log, *offline, *extra, env=env) as m:
                     starts[form].append(m.start_seconds)
+                    scans[form].append(timed(partial(scan_root, m.mountpoint)))
         results["start_seconds"] = {form: summary(v) for form, v in starts.items()}
+        results["first_root_scan_seconds"] = {form: summary(v) for form, v in scans.items()}
 
-        with (
-            mounted(work / "ro", work / "ro.log", *offline, env=env) as ro,
-            mounted(work / "rw", work / "rw.log", *offline, *writable, env=env) as rw,
-        ):
-            files = {"read-only": demo_files(ro.mountpoint), "writable": demo_files(rw.mountpoint)}
-            assert len(files["read-only"]) == len(files["writable"])
+        with contextlib.ExitStack() as stack:
+            files = {}
+            for form, extra in forms.items():
+                log = work / f"{form}.log"
+                m = stack.enter_context(mounted(work / form, log, *offline, *extra, env=env))
+                files[form] = demo_files(m.mountpoint)
             size = read_whole(files["read-only"])
-            assert read_whole(files["writable"]) == size  # the warm-up pass of each
+            for form in forms:
+                assert len(files[form]) == len(files["read-only"]), form
+                assert read_whole(files[form]) == size, form  # the warm-up pass of each
             workloads = (("whole", read_whole), ("heads", read_heads), ("reread", reread_big))
             reads: dict[str, dict[str, list[float]]] = {kind: {} for kind, _ in workloads}
             for _ in range(args.passes):
-                for form in ("read-only", "writable"):
+                for form in forms:
                     for kind, work_on in workloads:
                         seconds = timed(partial(work_on, files[form]))
                         reads[kind].setdefault(form, []).append(seconds)
@@ -243,11 +290,18 @@ def main() -> int:
             kind: {form: summary(v) for form, v in by_form.items()}
             for kind, by_form in reads.items()
         }
-        for kind, by_form in results["warm_read_seconds"].items():
-            results[f"{kind}_writable_over_read_only"] = {
-                which: round(by_form["writable"][which] / by_form["read-only"][which], 3)
-                for which in ("best", "median")
+        results["over_read_only"] = {
+            kind: {
+                form: {
+                    which: round(by_form[form][which] / by_form["read-only"][which], 3)
+                    for which in ("best", "median")
+                }
+                for form in by_form
+                if form != "read-only"
             }
+            for kind, by_form in results["warm_read_seconds"].items()
+        }
+        results["load_after"] = load()
     finally:
         left = [e.mountpoint for e in overlay.mounts() if e.mountpoint.startswith(str(work))]
         if left:
@@ -257,16 +311,24 @@ def main() -> int:
 
     if args.json:
         print(json.dumps(results, indent=2))
-    else:
-        print(f"{results['sets']:,} sets; {results['files']} files, {results['bytes']:,} bytes")
-        for form, s in results["start_seconds"].items():
-            print(f"start {form:10s} best {s['best']:.2f} s, median {s['median']:.2f} s")
-        for kind, by_form in results["warm_read_seconds"].items():
-            for form, s in by_form.items():
-                best, median = s["best"] * 1000, s["median"] * 1000
-                print(f"warm {kind:6s} {form:10s} best {best:.1f} ms, median {median:.1f} ms")
-            ratio = results[f"{kind}_writable_over_read_only"]
-            print(f"warm {kind:6s} writable / read-only: {ratio}")
+        return 0
+    print(f"{results['when']}; load average before {results['load_before']}")
+    print(f"{results['sets']:,} sets; {results['files']} files, {results['bytes']:,} bytes")
+    for form in results["left_out"]:
+        print(f"{form}: left out (cannot mount here)")
+    for label, key in (("start", "start_seconds"), ("root scan", "first_root_scan_seconds")):
+        for form, s in results[key].items():
+            print(f"{label:9s} {form:14s} best {s['best']:.2f} s, median {s['median']:.2f} s")
+    for kind, by_form in results["warm_read_seconds"].items():
+        for form, s in by_form.items():
+            best, median = s["best"] * 1000, s["median"] * 1000
+            print(f"warm {kind:6s} {form:14s} best {best:.1f} ms, median {median:.1f} ms")
+        for form, ratio in results["over_read_only"][kind].items():
+            print(
+                f"warm {kind:6s} {form:14s} / read-only: best {ratio['best']:.3f}, "
+                f"median {ratio['median']:.3f}"
+            )
+    print(f"load average after {results['load_after']}")
     return 0
 
 
