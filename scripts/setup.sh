@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what osufs needs on a Debian or Ubuntu machine: FUSE 3 and its headers (pyfuse3
-# builds against them), fuse-overlayfs (for --writable), a virtualenv in .venv, and the
-# package with its test extras.
+# builds against them), fuse-overlayfs (for --writable without root), a virtualenv in .venv,
+# and the package with its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
