@@ -23,8 +23,9 @@ from osufs import overlay
 from osufs import prefetch as prefetcher
 from osufs.archive import Limits
 from osufs.cache import cache, size_option
+from osufs.catalogue import read_catalogue_file
 from osufs.config import ConfigError, default_config_path, load_config
-from osufs.library import READ_AHEAD_SETS, read_catalogue_file
+from osufs.library import READ_AHEAD_SETS
 from osufs.mount import MountConfig, run_mount
 from osufs.sources import SourceSpec
 from osufs.store import StoreError

@@ -8,24 +8,21 @@ one; one that does not sends the whole archive, which is ingested at once.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
-import json
 import logging
 import os
-import re
 import time
 import zlib
-from bisect import bisect_right
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import trio
 
 from osufs import archive
 from osufs.archive import ArchiveError, Limits, MemberError, ZipMember
+from osufs.catalogue import Catalogue
 from osufs.errors import OsufsError
 from osufs.flights import Flights, warn_once
 from osufs.listing import SetListing, build_listing
@@ -51,28 +48,6 @@ FIRST_TAIL = 16 << 10
 READ_AHEAD_SETS = 8
 # A member refused (bad CRC, cut-off body) is tried again after this many seconds.
 BAD_MEMBER_RETRY = 600.0
-# Where a paged set list (the osu! API's search) is resumed from, per source and filter. A
-# mount goes on with an unfinished sync at once, and with a finished one older than
-# RESYNC_AFTER.
-CURSORS_FILE = "catalogue-cursors.json"
-RESYNC_AFTER = 3600.0
-_SET_URL = re.compile(r"/(?:beatmapsets|s)/([0-9]+)")
-
-
-def read_catalogue_file(path: Path) -> list[int]:
-    """Set ids from a catalogue file: one a line, `#` starts a comment; a set's page URL
-    (`https://osu.ppy.sh/beatmapsets/<id>...`) counts as its id. ValueError says which line."""
-    ids: dict[int, None] = {}
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-        text = re.sub(r"(^|\s)#.*", "", line).strip()
-        if not text:
-            continue
-        match = _SET_URL.search(text) if "://" in text else None
-        token = match.group(1) if match else text
-        if not token.isdigit() or int(token) < 1:
-            raise ValueError(f"{path}, line {number}: not a set id: {text!r}")
-        ids[int(token)] = None
-    return list(ids)
 
 
 class Library:
@@ -106,27 +81,15 @@ class Library:
         self._warmed: set[int] = set()  # sets read ahead (or being read ahead)
         self._scanned: set[int] = set()  # sets whose .osu a reader opened
         self._open_files: dict[int, int] = {}  # descriptor -> set id
-        # With a catalogue file, the root lists exactly its sets (those with a name).
-        self.catalogue_file = catalogue_file
-        self._listed = sorted(read_catalogue_file(catalogue_file)) if catalogue_file else None
-        self._syncing: set[str] = set()
-        self._naming = False
+        self.catalogue = Catalogue(
+            store, sources, nursery, offline=offline, catalogue_file=catalogue_file
+        )
 
     # the root
 
     def catalogue_page(self, after: int, limit: int) -> list[tuple[int, CatalogueRecord]]:
-        """Up to limit listed sets with ids above after, in id order: the index's catalogue,
-        or with a catalogue file, the file's sets that have a name yet."""
-        if self._listed is None:
-            return self.store.catalogue_page(after, limit)
-        page: list[tuple[int, CatalogueRecord]] = []
-        for set_id in self._listed[bisect_right(self._listed, after) :]:
-            record = self.store.catalogue_get(set_id)
-            if record is not None:
-                page.append((set_id, record))
-                if len(page) >= limit:
-                    break
-        return page
+        """Up to limit listed sets with ids above after, in id order (see Catalogue.page)."""
+        return self.catalogue.page(after, limit)
 
     def catalogue_stamp(self) -> tuple[int, object]:
         """Equal for as long as catalogue_page answers the same: sets only ever join the index
@@ -134,160 +97,10 @@ class Library:
         return self.store.catalogue_count(), self._listed
 
     async def resume_catalogue(self) -> None:
-        """At mount: go on with a paged set list a previous session left unfinished (or
-        finished over RESYNC_AFTER ago), and name the catalogue file's sets; the other lists
-        wait for the hourly refresh."""
-        cursors = self._cursors()
-        for source in self.sources:
-            key = source.catalogue_key
-            if not source.catalogue_paged or key is None:
-                continue
-            saved = cursors.get(key, {})
-            at = saved.get("at")
-            stale = not isinstance(at, int | float) or time.time() - at >= RESYNC_AFTER
-            if not saved.get("done") or stale:
-                await self._sync_catalogue(source, wait=False)
-        self._start_naming()
+        await self.catalogue.resume()
 
     async def refresh_catalogue(self) -> None:
-        """Add every set the sources list to the index.
-
-        A paged list (the osu! API's) is synced in the background from where the last sync
-        stopped; this returns once its first page is in."""
-        self._reload_catalogue_file()
-        for source in self.sources:
-            if source.catalogue_paged:
-                await self._sync_catalogue(source, wait=True)
-                continue
-            try:
-                entries = await source.catalogue()
-            except OsufsError as error:
-                log.warning("%s: set list unavailable: %s", source.label, error)
-                continue
-            except Exception:
-                # This runs in the mount's nursery: nothing may escape and end the mount.
-                log.exception("%s: reading the set list failed", source.label)
-                continue
-            added = self.store.catalogue_add(
-                [(e.set_id, CatalogueRecord(e.folder, e.mtime_ns, source.label)) for e in entries]
-            )
-            log.info("%s: %d sets listed, %d new", source.label, len(entries), added)
-        self._start_naming()
-
-    def _reload_catalogue_file(self) -> None:
-        if self.catalogue_file is None:
-            return
-        try:
-            self._listed = sorted(read_catalogue_file(self.catalogue_file))
-        except (OSError, ValueError) as error:
-            log.warning("catalogue file unchanged: %s", error)
-
-    async def _sync_catalogue(self, source: Source, *, wait: bool) -> None:
-        key = source.catalogue_key
-        if key is None or key in self._syncing:
-            return
-        self._syncing.add(key)
-        first_page = trio.Event()
-        self._nursery.start_soon(self._sync, source, key, first_page)
-        if wait:
-            await first_page.wait()
-
-    async def _sync(self, source: Source, key: str, first_page: trio.Event) -> None:
-        """Page through a source's set list into the index, saving the cursor after each page
-        so the next sync (or the next mount) goes on from there."""
-        resume = self._cursors().get(key, {}).get("cursor")
-        resume = resume if isinstance(resume, str) else None
-        pages = listed = added = 0
-        try:
-            async with contextlib.aclosing(source.catalogue_pages(resume)) as stream:
-                async for entries, cursor, done in stream:
-                    added += self.store.catalogue_add(
-                        [
-                            (e.set_id, CatalogueRecord(e.folder, e.mtime_ns, source.label))
-                            for e in entries
-                        ]
-                    )
-                    listed += len(entries)
-                    pages += 1
-                    self._save_cursor(key, cursor, done)
-                    first_page.set()
-            log.info(
-                "%s: set list synced: %d pages, %d sets listed, %d new",
-                source.label,
-                pages,
-                listed,
-                added,
-            )
-        except OsufsError as error:
-            log.warning("%s: set list unavailable after %d pages: %s", source.label, pages, error)
-            refused = isinstance(error, SourceLimited) or error.errno == errno.EACCES
-            if pages == 0 and resume and not refused:
-                self._save_cursor(key, None, False)  # a cursor it no longer takes
-        except Exception:
-            log.exception("%s: reading the set list failed", source.label)
-        finally:
-            self._syncing.discard(key)
-            first_page.set()
-
-    def _cursors(self) -> dict[str, Any]:
-        try:
-            found = json.loads((self.store.root / CURSORS_FILE).read_text())
-        except (OSError, ValueError):
-            return {}
-        if not isinstance(found, dict):
-            return {}
-        return {key: value for key, value in found.items() if isinstance(value, dict)}
-
-    def _save_cursor(self, key: str, cursor: str | None, done: bool) -> None:
-        """Atomically: two mounts may share the cache directory."""
-        cursors = self._cursors()
-        cursors[key] = {"cursor": cursor, "done": done, "at": time.time()}
-        path = self.store.root / CURSORS_FILE
-        temp = path.with_name(f".{CURSORS_FILE}.{os.getpid()}")
-        try:
-            temp.write_text(json.dumps(cursors, indent=1))
-            os.replace(temp, path)
-        except OSError as error:
-            log.warning("cannot save the set list's cursor: %s", error)
-
-    def _start_naming(self) -> None:
-        if self._listed is None or self._naming or self.offline:
-            return
-        self._naming = True
-        self._nursery.start_soon(self._name_listed)
-
-    async def _name_listed(self) -> None:
-        """Name the catalogue file's sets the index does not know, from sources' metadata, one
-        at a time in the background. A set none names is listed once a lookup by id reaches its
-        archive (`ls MOUNT/<id>`): no archive is fetched just to name a set."""
-        named = unnamed = 0
-        try:
-            for set_id in list(self._listed or ()):
-                if self.store.catalogue_get(set_id) is not None:
-                    continue
-                for source in self._available_sources():
-                    try:
-                        entry = await source.catalogue_entry(set_id)
-                    except OsufsError as error:
-                        log.debug("%s: no name for set %d: %s", source.label, set_id, error)
-                        continue
-                    if entry is not None:
-                        record = CatalogueRecord(entry.folder, entry.mtime_ns, source.label)
-                        self.store.catalogue_add([(set_id, record)])
-                        named += 1
-                        break
-                else:
-                    unnamed += 1
-            if named or unnamed:
-                log.info(
-                    "catalogue file: %d sets named from metadata; %d wait for a lookup by id",
-                    named,
-                    unnamed,
-                )
-        except Exception:
-            log.exception("naming the catalogue file's sets failed")
-        finally:
-            self._naming = False
+        await self.catalogue.refresh()
 
     async def resolve(self, set_id: int) -> CatalogueRecord:
         """The catalogue record of a set, discovering an unlisted one from the sources."""

@@ -19,9 +19,9 @@ import httpx
 import pytest
 import trio
 
+from osufs.catalogue import read_catalogue_file
 from osufs.cli import _Redact, read_client
 from osufs.errors import OsufsError
-from osufs.library import read_catalogue_file
 from osufs.names import set_folder_name
 from osufs.samples import build_sample_library
 from osufs.sources import (
