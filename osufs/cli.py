@@ -201,6 +201,13 @@ LIBRARY_OPTIONS = [
         help="Set ids, one a line (# comments): the root lists exactly these.",
     ),
     click.option(
+        "--api-per-minute",
+        type=click.FloatRange(min=0, min_open=True),
+        help="Requests a minute the osuapi source sends to the API, and again to /osu/ for "
+        ".osu files (after a burst of 10). Raise it only for a service that allows more (a "
+        "private API-compatible one): the osu! API asks for at most 60. [default: 50]",
+    ),
+    click.option(
         "--no-video",
         is_flag=True,
         help="Ask sources for archives without video: /download/novid (hexide), ?noVideo=1 "

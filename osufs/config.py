@@ -34,6 +34,7 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "catalogue": str,
     "catalogue_query": str,
     "catalogue_file": str,
+    "api_per_minute": (int, float),
 }
 PATH_KEYS = {"cache_dir", "cookie_file", "writable", "client_file", "catalogue_file"}
 

@@ -147,10 +147,7 @@ class Operations(pyfuse3.Operations):
         if parent_inode == ROOT:
             return await self._lookup_set(name)
         set_id, index = split_inode(parent_inode)
-        listing = await self.library.listing(set_id)
-        child = listing.child(index, os.fsdecode(name))
-        if child is None:
-            raise OsufsError.not_found(f"{name!r} is not in set {set_id}")
+        listing, child = await self.library.lookup(set_id, index, os.fsdecode(name))
         return self._entry_attributes(set_id, listing, child)
 
     async def _lookup_set(self, name: bytes) -> pyfuse3.EntryAttributes:

@@ -3,17 +3,21 @@
 Each fetch runs once per key in the library's own nursery; callers wait on its event, so a
 caller that gives up never cancels a download others are waiting for. A set is reached by
 asking a source for the archive's tail: a source that honours ranges then serves members one by
-one; one that does not sends the whole archive, which is ingested at once.
+one; one that does not sends the whole archive, which is ingested at once. When no unmetered
+archive source is available, a set is first listed provisionally from its difficulties' .osu
+files (`/osu/<id>`), and its archive is fetched only for a name that listing lacks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -25,10 +29,25 @@ from osufs.archive import ArchiveError, Limits, MemberError, ZipMember
 from osufs.catalogue import Catalogue
 from osufs.errors import OsufsError
 from osufs.flights import Flights, warn_once
-from osufs.listing import SetListing, build_listing
-from osufs.names import set_folder_name
-from osufs.osufile import parse_osu, referenced_files
-from osufs.sources import RemoteArchive, Source, SourceLimited, SourceMissing
+from osufs.listing import (
+    Pin,
+    PinnedFile,
+    SetListing,
+    build_listing,
+    complete_listing,
+    provisional_listing,
+)
+from osufs.names import normalise_path, set_folder_name
+from osufs.osufile import difficulty_filename, parse_osu, referenced_files
+from osufs.sources import (
+    Difficulty,
+    RemoteArchive,
+    SetDifficulties,
+    Source,
+    SourceLimited,
+    SourceMismatch,
+    SourceMissing,
+)
 from osufs.store import CatalogueRecord, HashingWriter, PendingBlob, Store, fsync_file
 
 log = logging.getLogger(__name__)
@@ -48,6 +67,11 @@ FIRST_TAIL = 16 << 10
 READ_AHEAD_SETS = 8
 # A member refused (bad CRC, cut-off body) is tried again after this many seconds.
 BAD_MEMBER_RETRY = 600.0
+# .osu files fetched at once (`/osu/<id>`) for provisional listings, across sets.
+DIFFICULTY_FETCHES = 16
+# .osu bytes kept between attempts at a provisional listing, so one cut short (by the pace of
+# `/osu/` or the deadline) goes on where it stopped; the oldest go first past this many.
+KEPT_DIFFICULTIES = 2048
 
 
 class Library:
@@ -81,6 +105,8 @@ class Library:
         self._warmed: set[int] = set()  # sets read ahead (or being read ahead)
         self._scanned: set[int] = set()  # sets whose .osu a reader opened
         self._open_files: dict[int, int] = {}  # descriptor -> set id
+        self._difficulty_pool = trio.CapacityLimiter(DIFFICULTY_FETCHES)
+        self._kept_difficulties: OrderedDict[int, bytes] = OrderedDict()  # beatmap id -> bytes
         self.catalogue = Catalogue(
             store, sources, nursery, offline=offline, catalogue_file=catalogue_file
         )
@@ -145,17 +171,154 @@ class Library:
 
     # set listings
 
-    async def listing(self, set_id: int) -> SetListing:
+    async def listing(self, set_id: int, *, speculative: bool = False) -> SetListing:
+        """A set's listing: stored, or provisional when no unmetered archive source is
+        available and metadata can list it, or from the archive's directory. Speculative work
+        (reading ahead) never spends a metered source's allowance."""
         found = self.store.listing_get(set_id)
         if found is not None:
             return found
         if self.offline:
             raise OsufsError.io(f"set {set_id} is not cached (offline)")
+        source = self._difficulty_source()
+        if source is not None:
+            listed = await self._flights.run(
+                ("provisional", set_id), lambda: self._list_provisionally(source, set_id)
+            )
+            if listed is not None:
+                return listed
+        if speculative and not self._unmetered_available():
+            raise OsufsError.io(f"set {set_id}: not read ahead (only a metered source has it)")
         await self._connect(set_id)
         found = self.store.listing_get(set_id)
         if found is None:
             raise OsufsError.io(f"set {set_id}: no listing")
         return found
+
+    async def lookup(self, set_id: int, parent: int, name: str) -> tuple[SetListing, int]:
+        """The listing and entry of `name` in directory `parent` of a set. A name a
+        provisional listing lacks (a map's audio, its background) fetches the archive's
+        directory first, from any archive source (EIO offline); ENOENT when the set has no
+        such name."""
+        listing = await self.listing(set_id)
+        child = listing.child(parent, name)
+        if child is None and listing.provisional and self.offline:
+            raise OsufsError.io(f"set {set_id}: its archive is not cached (offline)")
+        if child is None and listing.provisional and self._archive_sources():
+            listing = await self._complete(set_id)
+            child = listing.child(parent, name)
+        if child is None:
+            raise OsufsError.not_found(f"{name!r} is not in set {set_id}")
+        return listing, child
+
+    async def _complete(self, set_id: int) -> SetListing:
+        """The set's listing completed by its archive's directory."""
+        await self._connect(set_id)
+        found = self.store.listing_get(set_id)
+        if found is None or found.provisional:
+            raise OsufsError.io(f"set {set_id}: its archive did not complete the listing")
+        return found
+
+    def _unmetered_available(self) -> bool:
+        return any(not s.metered for s in self._available_sources() if s.serves_archives)
+
+    def _difficulty_source(self) -> Source | None:
+        """The source that lists sets by their difficulties, when no unmetered archive source
+        is available; None when an archive's directory should list them (or nothing can)."""
+        if self._unmetered_available():
+            return None
+        return next((s for s in self.sources if s.serves_difficulties), None)
+
+    async def _list_provisionally(self, source: Source, set_id: int) -> SetListing | None:
+        """List a set by its difficulties alone and store their bytes: every .osu is fetched
+        and checked by md5 first, so no size is guessed. None when metadata cannot list it
+        (the archive is then asked); EIO, storing nothing, when some .osu is not to be had
+        right now (paced, failing), so a later look lists it whole."""
+        try:
+            info = await source.set_difficulties(set_id)
+        except SourceMissing:
+            return None
+        if info is None or not info.difficulties or info.updated_ns <= 0:
+            log.info("set %d: %s cannot list it without its archive", set_id, source.label)
+            return None
+        outcomes: dict[int, bytes | OsufsError] = {}
+        async with trio.open_nursery() as nursery:
+            for difficulty in info.difficulties:
+                nursery.start_soon(self._fetch_difficulty, source, difficulty, outcomes)
+        files: list[PinnedFile] = []
+        contents: dict[int, bytes] = {}
+        passing: list[str] = []
+        for difficulty in info.difficulties:
+            outcome = outcomes[difficulty.beatmap_id]
+            if isinstance(outcome, bytes):
+                files.append(_pinned_file(info, difficulty, outcome))
+                contents[difficulty.beatmap_id] = outcome
+            elif isinstance(outcome, SourceMissing | SourceMismatch):
+                log.warning(
+                    "set %d: difficulty %d [%s] is not listed until the archive comes: %s",
+                    set_id,
+                    difficulty.beatmap_id,
+                    difficulty.version,
+                    outcome,
+                )
+            else:
+                passing.append(str(outcome))
+        if passing:
+            raise OsufsError.io(
+                f"set {set_id}: {len(passing)} of {len(info.difficulties)} .osu files cannot be "
+                f"fetched now ({passing[0]}); the set is listed once they can"
+            )
+        if not files:
+            return None
+        listing = provisional_listing(files, info.updated_ns)
+        return await self._store_provisional(set_id, listing, contents)
+
+    async def _fetch_difficulty(
+        self, source: Source, difficulty: Difficulty, outcomes: dict[int, bytes | OsufsError]
+    ) -> None:
+        kept = self._kept_difficulties.get(difficulty.beatmap_id)
+        if kept is not None:
+            outcomes[difficulty.beatmap_id] = kept
+            return
+        try:
+            async with self._difficulty_pool:
+                data = await source.beatmap_file(difficulty.beatmap_id, difficulty.md5)
+        except OsufsError as error:
+            outcomes[difficulty.beatmap_id] = error
+            return
+        outcomes[difficulty.beatmap_id] = data
+        self._kept_difficulties[difficulty.beatmap_id] = data
+        while len(self._kept_difficulties) > KEPT_DIFFICULTIES:
+            self._kept_difficulties.popitem(last=False)
+
+    async def _store_provisional(
+        self, set_id: int, listing: SetListing, contents: dict[int, bytes]
+    ) -> SetListing:
+        """Store a provisional listing and its .osu bytes as its members; the listing that
+        stands (another mount's, if it was first: then ours is dropped)."""
+        blobs = []
+        try:
+            for index, pin in enumerate(listing.pins, 1):
+                data = contents[pin.beatmap_id]
+                blobs.append(
+                    await trio.to_thread.run_sync(
+                        self._write_member, set_id, index, _reader(data), _loose_member(data)
+                    )
+                )
+            standing = self.store.listing_put(set_id, listing)
+        except BaseException:
+            for blob in blobs:
+                blob.temp_path.unlink(missing_ok=True)
+            raise
+        if standing is not listing:
+            for blob in blobs:
+                blob.temp_path.unlink(missing_ok=True)
+            return standing
+        await trio.to_thread.run_sync(self.store.commit_blobs, blobs)
+        for pin in listing.pins:
+            self._kept_difficulties.pop(pin.beatmap_id, None)
+        log.info("set %d: listed before its archive: %d .osu files", set_id, len(listing.pins))
+        return listing
 
     async def _connect(self, set_id: int) -> RemoteArchive | None:
         """Reach a set at the first source that has it (one flight per set)."""
@@ -187,7 +350,7 @@ class Library:
                 spool.seek(0)
                 tail = spool.read()  # at most FIRST_TAIL bytes, in memory
                 stored = self.store.listing_get(set_id)
-                if stored is None:
+                if stored is None or stored.provisional:
                     await self._store_listing_from_tail(remote, tail)
                 else:
                     members, _offset = await self._read_directory(remote, tail)
@@ -280,7 +443,7 @@ class Library:
                 except MemberError:
                     continue  # refused when read; it cannot name files anyway
                 references += referenced_files(parse_osu(fetched[number]))
-        listing = self.store.listing_put(remote.set_id, build_listing(members, references, log))
+        listing = self._settle_listing(remote.set_id, members, references)
         blobs = [
             await trio.to_thread.run_sync(
                 self._write_member,
@@ -295,11 +458,26 @@ class Library:
         if blobs:
             await trio.to_thread.run_sync(self.store.commit_blobs, blobs)
 
+    def _settle_listing(
+        self, set_id: int, members: list[ZipMember], references: list[str]
+    ) -> SetListing:
+        """Store the archive's listing, or complete a provisional one with it; returns the
+        one that stands. Safe from worker threads."""
+        current = self.store.listing_get_uncached(set_id)
+        if current is None:
+            return self.store.listing_put(set_id, build_listing(members, references, log))
+        if not current.provisional:
+            return current
+        where = f"set {set_id}: "
+        completed = complete_listing(current, members, references, log, where)
+        log.info("set %d: its archive completed the listing", set_id)
+        return self.store.listing_complete(set_id, completed)
+
     def _ingest_archive(self, set_id: int, file: BinaryIO) -> None:
         """Check a whole downloaded archive and move every member into the store (blocking)."""
         members = archive.read_members(file, self.limits)
         listing = self.store.listing_get_uncached(set_id)
-        if listing is None:
+        if listing is None or listing.provisional:
             references: list[str] = []
             if _needs_references(members):
                 for number in _osu_members(members):
@@ -309,13 +487,13 @@ class Library:
                     except MemberError:
                         continue
                     references += referenced_files(parse_osu(data))
-            listing = build_listing(members, references, log)
-            listing = self.store.listing_put(set_id, listing)
+            listing = self._settle_listing(set_id, members, references)
         foreign = _match_members(listing, members, f"set {set_id}: the downloaded archive")
         cached = self.store.cached_entries(set_id)
         pending = []
         for index, entry in enumerate(listing.entries):
-            if entry.is_dir or index in cached:
+            # Pinned files the archive lacks have only their /osu/ copy.
+            if entry.member < 0 or index in cached:
                 continue
             member = listing.members[entry.member] if foreign is None else foreign.get(index)
             if member is None:
@@ -367,15 +545,19 @@ class Library:
 
     def _note_scan(self, set_id: int, index: int) -> None:
         """A reader opened a member: a .osu moves the read-ahead window on to the next sets."""
+        if not self.read_ahead or set_id in self._scanned:
+            return
+        listing = self.store.listing_get(set_id)
+        if listing is None or not _is_osu(listing.entries[index].name):
+            return
         # Only where ranges work (reading ahead must never download whole archives) and the
-        # source has no allowance a guess could waste.
+        # source has no allowance a guess could waste; or for a provisional set, whose
+        # neighbours cost only metadata and .osu requests to list.
         remote = self._remotes.get(set_id)
-        if self.read_ahead and set_id not in self._scanned and remote and not remote.source.metered:
-            listing = self.store.listing_get(set_id)
-            if listing is not None and _is_osu(listing.entries[index].name):
-                # Each set a scan enters moves the window on, so it never drains.
-                self._scanned.add(set_id)
-                self._start_read_ahead(set_id)
+        if (remote is not None and not remote.source.metered) or listing.provisional:
+            # Each set a scan enters moves the window on, so it never drains.
+            self._scanned.add(set_id)
+            self._start_read_ahead(set_id)
 
     async def open_file(self, set_id: int, index: int) -> int:
         """A read-only descriptor of a member's content file, its set counted as open (so
@@ -419,15 +601,19 @@ class Library:
         if self.offline:
             raise OsufsError.io(f"set {set_id}: member {index} is not cached (offline)")
         listing = await self.listing(set_id)
-        member = listing.members[listing.entries[index].member]
-        try:
-            archive.check_member(member, self.limits)
-        except MemberError as error:
-            self._note_bad_member(set_id, index, error)
-            raise self._bad_members[(set_id, index)][0] from None
-        await self._flights.run(
-            ("member", set_id, index), lambda: self._materialise(set_id, listing, index, member)
-        )
+        member = listing.member(index)
+        if listing.pin(index) is not None:
+            fetch = functools.partial(self._materialise_pinned, set_id, listing, index)
+        elif member is not None:
+            try:
+                archive.check_member(member, self.limits)
+            except MemberError as error:
+                self._note_bad_member(set_id, index, error)
+                raise self._bad_members[(set_id, index)][0] from None
+            fetch = functools.partial(self._materialise, set_id, listing, index, member)
+        else:
+            raise OsufsError(errno.EISDIR, f"set {set_id}: entry {index} is a directory")
+        await self._flights.run(("member", set_id, index), fetch)
         path = self.store.blob_path(set_id, index)
         if path is None:
             raise self._bad_member(set_id, index) or OsufsError.io(
@@ -464,6 +650,33 @@ class Library:
             remote = await self._connect(set_id)
             if remote is not None:
                 await self._read_member(remote, index, member)
+
+    async def _materialise_pinned(self, set_id: int, listing: SetListing, index: int) -> None:
+        """A pinned .osu again (evicted): its `/osu/` bytes by beatmap id, which must still
+        have its md5; else the archive's copy of the same bytes, when the archive has one."""
+        pin = listing.pin(index)
+        assert pin is not None
+        entry = listing.entries[index]
+        for source in self._available_sources():
+            if not source.serves_difficulties:
+                continue
+            try:
+                data = await source.beatmap_file(pin.beatmap_id, pin.md5)
+            except OsufsError as error:
+                log.info("set %d: %s: %s", set_id, entry.name, error)
+                continue
+            blob = await trio.to_thread.run_sync(
+                self._write_member, set_id, index, _reader(data), _loose_member(data)
+            )
+            await trio.to_thread.run_sync(self.store.commit_blobs, [blob])
+            return
+        member = listing.member(index)
+        if member is None:
+            raise OsufsError.io(
+                f"set {set_id}: {entry.name}: its listed copy (beatmap {pin.beatmap_id}) is not "
+                "to be had now, and the archive has no copy of the same bytes"
+            )
+        await self._materialise(set_id, listing, index, member)
 
     async def _read_member(self, remote: RemoteArchive, index: int, member: ZipMember) -> None:
         foreign = self._foreign.get(remote.set_id)
@@ -508,10 +721,13 @@ class Library:
     async def prefetch(self, set_id: int, *, only_osu: bool) -> bool:
         """Fill the cache with a set (or only its .osu files); False if it was all there."""
         listing = self.store.listing_get(set_id)
-        if listing is not None and not self._missing(set_id, listing, only_osu):
+        whole = listing is not None and (only_osu or not listing.provisional)
+        if whole and not self._missing(set_id, listing, only_osu):
             return False
         await self.resolve(set_id)
         listing = await self.listing(set_id)
+        if listing.provisional and not only_osu:
+            listing = await self._complete(set_id)
         missing = self._missing(set_id, listing, only_osu)
         if not missing:
             return True
@@ -541,6 +757,8 @@ class Library:
         listing = self.store.listing_get(set_id)
         if listing is None:
             return "no"
+        if index == 0 and listing.provisional:
+            return "provisional"  # only its .osu files are listed: the archive is not known yet
         if not listing.entries[index].is_dir:
             return "yes" if self.store.blob_path(set_id, index) is not None else "no"
         prefix = "" if index == 0 else listing.path(index) + "/"
@@ -563,7 +781,7 @@ class Library:
     async def _warm(self, set_id: int) -> None:
         async with self._warm_pool:
             try:
-                listing = await self.listing(set_id)
+                listing = await self.listing(set_id, speculative=True)
             except OsufsError as error:
                 log.debug("read-ahead of set %d stopped: %s", set_id, error)
                 return
@@ -575,8 +793,10 @@ class Library:
             ]
             remote = self._remotes.get(set_id)
             if remote is not None:
-                await self._fetch_members_together(remote, listing, wanted)
-                return
+                # Pinned files the archive lacks have only their /osu/ copy: fetched below.
+                in_archive = [index for index in wanted if listing.member(index) is not None]
+                await self._fetch_members_together(remote, listing, in_archive)
+                wanted = [index for index in wanted if listing.member(index) is None]
             async with trio.open_nursery() as nursery:  # a set's .osu files in parallel
                 for index in wanted:
                     nursery.start_soon(self._warm_member, set_id, index)
@@ -685,11 +905,11 @@ def _match_members(
     }
     matched: dict[int, ZipMember] = {}
     files = 0
-    for index, entry in enumerate(listing.entries):
-        if entry.is_dir:
-            continue
+    for index in range(len(listing.entries)):
+        mine = listing.member(index)
+        if mine is None:
+            continue  # a directory, or a pinned file served only by its /osu/ copy
         files += 1
-        mine = listing.members[entry.member]
         theirs = by_path.get(listing.path(index))
         if theirs is not None and (theirs.size, theirs.crc32) == (mine.size, mine.crc32):
             matched[index] = theirs
@@ -762,6 +982,27 @@ def _inflate(read: Callable[[int], bytes], member: ZipMember, limits: Limits) ->
 
 def _is_osu(name: str) -> bool:
     return name.lower().endswith(".osu")
+
+
+def _pinned_file(info: SetDifficulties, difficulty: Difficulty, data: bytes) -> PinnedFile:
+    """A difficulty's file as osu! names it: `Artist - Title (Creator) [Version].osu` from the
+    file's own metadata (the set's where the file has none), cleaned as osu! does."""
+    meta = parse_osu(data)
+    name = difficulty_filename(
+        meta.artist or info.artist,
+        meta.title or info.title,
+        meta.creator or info.creator,
+        meta.version or difficulty.version,
+    )
+    path = normalise_path(name)
+    assert path is not None  # " - " and the brackets always remain
+    return PinnedFile(path, len(data), Pin(difficulty.beatmap_id, difficulty.md5, zlib.crc32(data)))
+
+
+def _loose_member(data: bytes) -> ZipMember:
+    """A stored member for bytes that come from no archive (a pinned .osu), so they are
+    written and checked like any member."""
+    return ZipMember(b"", True, 0, 0, zlib.crc32(data), len(data), len(data), 0, 0, False)
 
 
 def _stored(member: ZipMember) -> ZipMember:

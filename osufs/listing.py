@@ -13,6 +13,13 @@ Rules, each dropped or renamed member logged at WARNING:
 - entries are sorted by casefolded path components, so parents precede children and the same
   members always give the same entries (and so the same inode numbers);
 - a directory's mtime is the newest mtime below it.
+
+A set listed before its archive (docs/sources.md, "Listing a set without its archive") has a
+provisional listing: only its difficulties, fetched one by one and *pinned*: entries 1..N, by
+name, with the size of their checked bytes and the set's update time. When the archive's
+directory arrives, `complete_listing` keeps every pinned entry as it is and appends the
+archive's other members after them (an archive `.osu` with a pinned one's bytes, or name, is
+hidden under the pinned entry), so no entry number, size or time ever changes.
 """
 
 from __future__ import annotations
@@ -26,11 +33,21 @@ import msgpack
 from osufs.archive import ZipMember
 from osufs.names import case_key, decode_names, is_junk, normalise_path, numbered_name
 
-__all__ = ["FORMAT_VERSION", "Entry", "SetListing", "build_listing"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Entry",
+    "Pin",
+    "PinnedFile",
+    "SetListing",
+    "build_listing",
+    "complete_listing",
+    "provisional_listing",
+]
 
 _log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2 added pins and the provisional mark; a format 1 listing (neither) is still read.
+FORMAT_VERSION = 2
 _ZIP_EPOCH_NS = 315_532_800 * 1_000_000_000  # 1980-01-01, for a set with no files at all
 
 
@@ -43,15 +60,37 @@ class Entry:
     is_dir: bool
     size: int
     mtime_ns: int
-    member: int  # index into SetListing.members, -1 for directories
+    # Index into SetListing.members; -1 for directories and for a pinned entry whose bytes
+    # the archive lacks (or that has no archive yet).
+    member: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """A difficulty listed before its archive: its beatmap id, and its bytes' md5 and CRC32."""
+
+    beatmap_id: int
+    md5: str
+    crc32: int
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedFile:
+    """A difficulty's file for a provisional listing: its name, size and pin."""
+
+    name: str
+    size: int
+    pin: Pin
 
 
 @dataclass(slots=True)
 class SetListing:
-    """An archive's members and the tree of entries built from them."""
+    """An archive's members and the tree of entries built from them, after any pinned ones."""
 
     members: list[ZipMember]  # every member of the archive, in central-directory order
     entries: list[Entry]
+    pins: list[Pin] = field(default_factory=list)  # of entries 1..len(pins)
+    provisional: bool = False  # only the pinned difficulties: the archive is not known yet
     _children: dict[int, list[int]] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -77,6 +116,16 @@ class SetListing:
         """The entry called exactly `name` in directory `index`, if any."""
         return self._index()[1].get((index, name))
 
+    def pin(self, index: int) -> Pin | None:
+        """The pin of a pinned entry; None for any other."""
+        return self.pins[index - 1] if 1 <= index <= len(self.pins) else None
+
+    def member(self, index: int) -> ZipMember | None:
+        """The archive member holding an entry's bytes; None for directories and for pinned
+        entries the archive does not have."""
+        number = self.entries[index].member
+        return self.members[number] if number >= 0 else None
+
     def path(self, index: int) -> str:
         """The entry's path relative to the set directory ("" for the set directory)."""
         parts = []
@@ -94,16 +143,29 @@ class SetListing:
             for m in self.members
         ]  # fmt: skip
         entries = [(e.name, e.parent, e.is_dir, e.size, e.mtime_ns, e.member) for e in self.entries]
-        return msgpack.packb([FORMAT_VERSION, members, entries], use_bin_type=True)
+        pins = [(p.beatmap_id, p.md5, p.crc32) for p in self.pins]
+        return msgpack.packb(
+            [FORMAT_VERSION, members, entries, pins, self.provisional], use_bin_type=True
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SetListing:
-        """The listing `to_bytes` wrote; ValueError for another version or damaged bytes."""
+        """The listing `to_bytes` wrote (or format 1's); ValueError for another version or
+        damaged bytes."""
         try:
-            version, members, entries = msgpack.unpackb(data, raw=False)
-            if version != FORMAT_VERSION:
+            version, members, entries, *rest = msgpack.unpackb(data, raw=False)
+            if version == 1 and not rest:
+                pins, provisional = [], False
+            elif version == FORMAT_VERSION:
+                pins, provisional = rest
+            else:
                 raise ValueError(f"listing format {version}, expected {FORMAT_VERSION}")
-            return cls([ZipMember(*m) for m in members], [Entry(*e) for e in entries])
+            return cls(
+                [ZipMember(*m) for m in members],
+                [Entry(*e) for e in entries],
+                [Pin(*p) for p in pins],
+                bool(provisional),
+            )
         except (TypeError, msgpack.UnpackException) as exc:
             raise ValueError(f"damaged listing: {exc}") from exc
 
@@ -115,6 +177,93 @@ def build_listing(
 ) -> SetListing:
     """The set's tree from its zip members, following the module's rules."""
     log = log or _log
+    return _sorted_listing(members, _tree(_member_paths(members, references, log), log))
+
+
+def provisional_listing(files: list[PinnedFile], mtime_ns: int) -> SetListing:
+    """A set's pinned difficulties, entries 1..N by name, all with the set's time; names
+    equal ignoring case are numbered like colliding members."""
+    named: list[tuple[str, PinnedFile]] = []
+    taken: set[str] = set()
+    for file in sorted(files, key=lambda f: (f.name.casefold(), f.name, f.pin.beatmap_id)):
+        name, n = file.name, 0
+        while case_key(name) in taken:
+            n += 1
+            name = numbered_name(file.name, n)
+        taken.add(case_key(name))
+        named.append((name, file))
+    named.sort(key=lambda item: (item[0].casefold(), item[0]))
+    entries = [Entry("", 0, True, 0, mtime_ns, -1)]
+    entries += [Entry(name, 0, False, file.size, mtime_ns, -1) for name, file in named]
+    return SetListing([], entries, [file.pin for _name, file in named], provisional=True)
+
+
+def complete_listing(
+    provisional: SetListing,
+    members: list[ZipMember],
+    references: Collection[str] = (),
+    log: logging.Logger | None = None,
+    where: str = "",
+) -> SetListing:
+    """A provisional listing completed by its archive: the pinned entries unchanged, then the
+    archive's members but the .osu files a pinned entry stands for (same bytes by size and
+    CRC32, or same name), in build_listing's order. A pinned entry whose bytes the archive
+    holds points at that member. Every difference of name or bytes is logged."""
+    log = log or _log
+    pinned = provisional.entries[1 : len(provisional.pins) + 1]
+    by_bytes = {
+        (e.size, p.crc32): i
+        for i, (e, p) in enumerate(zip(pinned, provisional.pins, strict=True), 1)
+    }
+    by_name = {case_key(e.name): i for i, e in enumerate(pinned, 1)}
+    holders: dict[int, int] = {}
+    kept: list[tuple[str, int]] = []
+    for path, number in _member_paths(members, references, log):
+        member = members[number]
+        if "/" in path or not path.lower().endswith(".osu"):
+            kept.append((path, number))
+            continue
+        same = by_bytes.get((member.size, member.crc32))
+        if same is not None:
+            holders.setdefault(same, number)
+            if path != pinned[same - 1].name:
+                log.warning(
+                    "%sthe archive names %r as %r; it stays listed under the name its own "
+                    "metadata gives",
+                    where,
+                    pinned[same - 1].name,
+                    path,
+                )
+        elif case_key(path) in by_name:
+            log.warning(
+                "%sthe archive's %r differs from the copy listed before it came (the site's "
+                "current file); the listed copy stays",
+                where,
+                path,
+            )
+        else:
+            log.info("%sthe archive adds %r, a difficulty not listed before it came", where, path)
+            kept.append((path, number))
+    rest = _sorted_listing(members, _tree(kept, log, reserved=by_name))
+    offset = len(pinned)
+    entries = [provisional.entries[0]]
+    entries += [
+        Entry(e.name, 0, False, e.size, e.mtime_ns, holders.get(i, -1))
+        for i, e in enumerate(pinned, 1)
+    ]
+    entries += [
+        Entry(e.name, e.parent + offset if e.parent else 0, e.is_dir, e.size, e.mtime_ns, e.member)
+        for e in rest.entries[1:]
+    ]
+    newest = max((e.mtime_ns for e in entries[1:]), default=provisional.entries[0].mtime_ns)
+    entries[0] = Entry("", 0, True, 0, newest, -1)
+    return SetListing(list(members), entries, list(provisional.pins))
+
+
+def _member_paths(
+    members: list[ZipMember], references: Collection[str], log: logging.Logger
+) -> list[tuple[str, int]]:
+    """(path, member index) of every member that becomes a file, in member order."""
     names = decode_names(members, references)
     by_path: dict[str, int] = {}
     for i, (m, name) in enumerate(zip(members, names, strict=True)):
@@ -130,11 +279,21 @@ def build_listing(
                 earlier = names[by_path[path]]
                 log.warning("dropping member %r: a later member has the same path", earlier)
             by_path[path] = i
-    files = sorted(by_path.items(), key=lambda item: item[1])
+    return sorted(by_path.items(), key=lambda item: item[1])
 
-    # Nodes are (name, parent node, member index or -1); node 0 is the set directory.
+
+_RESERVED = -1  # a top-level name held by a pinned entry
+
+
+def _tree(
+    files: list[tuple[str, int]], log: logging.Logger, reserved: Collection[str] = ()
+) -> list[tuple[str, int, int]]:
+    """Nodes (name, parent node, member index or -1) of the files' tree; node 0 is the set
+    directory. `reserved` are case keys of top-level names already taken: a file or directory
+    that meets one is numbered."""
     nodes: list[tuple[str, int, int]] = [("", 0, -1)]
-    taken: dict[tuple[int, str], int] = {}  # (parent node, case key) -> node
+    taken: dict[tuple[int, str], int] = {(0, key): _RESERVED for key in reserved}
+    moved: dict[tuple[int, str], int] = {}  # directories numbered away from a reserved name
     leaves: list[tuple[int, str, int]] = []
     for path, i in files:
         *dirs, leaf = path.split("/")
@@ -142,7 +301,16 @@ def build_listing(
         for name in dirs:
             key = (parent, case_key(name))
             node = taken.get(key)
-            if node is None:
+            if node == _RESERVED:
+                node = moved.get(key)
+                if node is None:
+                    new = _free_name(taken, parent, name)
+                    log.warning(
+                        "renaming directory %r to %r: a listed file has its name", name, new
+                    )
+                    node = moved[key] = taken[parent, case_key(new)] = len(nodes)
+                    nodes.append((new, parent, -1))
+            elif node is None:
                 node = taken[key] = len(nodes)
                 nodes.append((name, parent, -1))
             parent = node
@@ -158,13 +326,18 @@ def build_listing(
             taken[key] = len(nodes)
             nodes.append((leaf, parent, i))
     for parent, leaf, i in colliders:
-        n = 1
-        while (parent, case_key(new := numbered_name(leaf, n))) in taken:
-            n += 1
+        new = _free_name(taken, parent, leaf)
         log.warning("renaming member %r to %r: its name collides ignoring case", leaf, new)
         taken[parent, case_key(new)] = len(nodes)
         nodes.append((new, parent, i))
-    return _sorted_listing(members, nodes)
+    return nodes
+
+
+def _free_name(taken: dict[tuple[int, str], int], parent: int, name: str) -> str:
+    n = 1
+    while (parent, case_key(new := numbered_name(name, n))) in taken:
+        n += 1
+    return new
 
 
 def _sorted_listing(members: list[ZipMember], nodes: list[tuple[str, int, int]]) -> SetListing:

@@ -59,6 +59,7 @@ class MountConfig:
     catalogue: str | None = None  # ranked, loved, all, none; None: ranked, or none with a file
     catalogue_query: str = ""
     catalogue_file: Path | None = None  # set ids; the root then lists exactly those
+    api_per_minute: float | None = None  # the API's and /osu/'s pace; None: 50 a minute
 
 
 def fuse_options(config: MountConfig) -> set[str]:

@@ -10,7 +10,8 @@ Layout under the cache directory:
 
 Index databases (keys are big-endian so cursors walk sets in id order):
   catalogue  set id -> CatalogueRecord      every set the mount lists
-  listings   set id -> SetListing bytes     a set's tree once known
+  listings   set id -> SetListing bytes     a set's tree once known (a provisional one is
+                                            replaced once, by its completion)
   blobs      set id + entry -> sha256       which content file holds a cached member
   content    sha256 -> [size, refs]         refs counts blobs pointing at it
   usage      set id -> last access (ns)     every set with blobs has one
@@ -63,7 +64,9 @@ from osufs.listing import SetListing
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+# 3: listings may be provisional and hold pinned entries (listing format 2), which an osufs
+# of schema 2 could not read.
+SCHEMA_VERSION = 3
 INITIAL_MAP_SIZE = 256 << 20
 # Decoded listings kept in memory, counted in entries (about 300 bytes each): a walk over
 # thousands of sets finds their trees decoded, and a set of 60,000 members cannot crowd memory.
@@ -364,8 +367,10 @@ class Store:
             found = txn.get(b"schema", db=self._meta)
             if found is None:
                 txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._meta)
-            elif int(found) == 1:
-                self._upgrade_from_1(txn)
+            elif int(found) in (1, 2):
+                if int(found) == 1:
+                    self._upgrade_from_1(txn)
+                # 2 to 3 changes nothing stored: format 1 listings are read as they are.
                 txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._meta)
             elif int(found) != SCHEMA_VERSION:
                 raise StoreError(
@@ -481,13 +486,14 @@ class Store:
     # listings
 
     def listing_get(self, set_id: int) -> SetListing | None:
-        """A set's tree, decoded once and kept in a small LRU (call from the event loop only)."""
+        """A set's tree, decoded once and kept in a small LRU (call from the event loop only).
+        A provisional one is not kept: a worker thread may complete it at any time."""
         cached = self._listing_cache.get(set_id)
         if cached is not None:
             self._listing_cache.move_to_end(set_id)
             return cached
         listing = self.listing_get_uncached(set_id)
-        if listing is not None:
+        if listing is not None and not listing.provisional:
             self._listing_cache[set_id] = listing
             self._listing_cache_entries += len(listing.entries)
             while self._listing_cache_entries > LISTING_CACHE_ENTRIES and self._listing_cache:
@@ -511,6 +517,21 @@ class Store:
             return bytes(txn.get(set_key(set_id), db=self._listings))
 
         stored = self._write(put)
+        return listing if stored == data else SetListing.from_bytes(stored)
+
+    def listing_complete(self, set_id: int, listing: SetListing) -> SetListing:
+        """Store a set's completed tree in place of its provisional one (or of none); a tree
+        already complete stays (another mount was first). Returns the one that stands."""
+        data = listing.to_bytes()
+
+        def swap(txn: lmdb.Transaction) -> bytes:
+            current = txn.get(set_key(set_id), db=self._listings)
+            if current is not None and not SetListing.from_bytes(bytes(current)).provisional:
+                return bytes(current)
+            txn.put(set_key(set_id), data, db=self._listings)
+            return data
+
+        stored = self._write(swap)
         return listing if stored == data else SetListing.from_bytes(stored)
 
     # member contents

@@ -11,7 +11,7 @@ limited mirrors, on loopback, in one ASGI app (served by `tests.helpers.Threaded
   ranked, approved and loved); `q` matches the title; the cursor is opaque base64 JSON;
   past `search_limit` searches it answers 429.
 - `GET /osu/<beatmap id>`: the .osu bytes, without login; `wrong_osu` beatmaps get a changed
-  byte. A request that carries the API token there is a violation.
+  byte, `failing_osu` ones answer 503. A request that carries the API token there is a violation.
 - The site: `/home/download-quota-check` with the session cookie answers `quota_used`;
   `/beatmapsets/<id>/download` counts against `download_limit` (then 429 "Slow down, play
   more.", with `Retry-After` when `retry_after` is set) and redirects to `/files/<id>.osz`.
@@ -137,6 +137,7 @@ class ApiState:
     search_limit: int | None = None  # searches answered; later ones get 429 (Retry-After 3600)
     token_lifetime: int = 86400
     wrong_osu: set[int] = field(default_factory=set)
+    failing_osu: set[int] = field(default_factory=set)
     # The site.
     quota_used: int = 0
     download_limit: int | None = None
@@ -256,6 +257,8 @@ def api_app(state: ApiState, extra_archives: dict[int, Path] | None = None) -> S
         state.osu_requests[beatmap_id] += 1
         if "authorization" in request.headers:
             state.violations.append(f"/osu/{beatmap_id} got the API token")
+        if beatmap_id in state.failing_osu:
+            return PlainTextResponse("busy", status_code=503)
         for found in state.sets.values():
             for beatmap in found.beatmaps:
                 if beatmap.beatmap_id == beatmap_id:

@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from osufs.archive import Limits, ZipMember, read_members
-from osufs.listing import Entry, SetListing, build_listing
+from osufs.listing import (
+    Entry,
+    Pin,
+    PinnedFile,
+    SetListing,
+    build_listing,
+    complete_listing,
+    provisional_listing,
+)
 from osufs.names import case_key, decode_names, is_junk, normalise_path
 
 CORPUS = Path("/work/shared/corpus/real")
@@ -257,3 +265,143 @@ def test_every_safe_path_lists_its_last_member(raws: list[bytes], references: li
         if path is not None and not is_junk(path):
             last[path] = i
     assert sorted(e.member for e in listing.entries if not e.is_dir) == sorted(last.values())
+
+
+# provisional listings, pinned and completed by the archive
+
+
+def pinned(name: str, size: int, crc32: int, beatmap_id: int) -> PinnedFile:
+    return PinnedFile(name, size, Pin(beatmap_id, f"{beatmap_id:032x}", crc32))
+
+
+def osu_member(name: str, size: int, crc32: int, mtime: int = 7) -> ZipMember:
+    return ZipMember(name.encode(), True, 8, 0, crc32, size, size, 0, mtime, False)
+
+
+UPDATED = 1_600_000_000 * 10**9
+
+
+def test_a_provisional_listing_pins_difficulties_by_name() -> None:
+    listing = provisional_listing(
+        [
+            pinned("B [Hard].osu", 30, 3, 3),
+            pinned("a [Easy].osu", 10, 1, 1),
+            pinned("b [hard].osu", 20, 2, 2),  # the same name ignoring case
+        ],
+        UPDATED,
+    )
+    assert listing.provisional and listing.members == []
+    assert [(e.name, e.size, e.mtime_ns, e.member) for e in listing.entries[1:]] == [
+        ("a [Easy].osu", 10, UPDATED, -1),
+        ("b [hard] (1).osu", 20, UPDATED, -1),
+        ("B [Hard].osu", 30, UPDATED, -1),
+    ]
+    assert [listing.pin(i).beatmap_id for i in (1, 2, 3)] == [1, 2, 3]
+    assert listing.pin(0) is None and listing.pin(4) is None and listing.member(1) is None
+    assert SetListing.from_bytes(listing.to_bytes()) == listing
+
+
+def test_the_archive_completes_a_provisional_listing_without_moving_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = provisional_listing(
+        [
+            pinned("A - T (M) [Easy].osu", 10, 0xE, 1),
+            pinned("A - T (M) [Hard].osu", 30, 0x4, 2),
+            pinned("A - T (M) [Normal].osu", 20, 0x2, 3),
+            pinned("A - T (M) [Gone].osu", 40, 0x6, 4),
+        ],
+        UPDATED,
+    )
+    members = [
+        osu_member("A - T (M) [Easy].osu", 10, 0xE),  # the same file
+        osu_member("A - T (OldName) [Hard].osu", 30, 0x4),  # the same bytes, another name
+        osu_member("a - t (m) [normal].osu", 21, 0x9),  # the same name (case aside), older bytes
+        osu_member("A - T (M) [Added].osu", 50, 0x5),  # a difficulty the site did not list
+        osu_member("audio.mp3", 1000, 0xA, mtime=9),
+        osu_member("a - t (m) [easy].osu/x.png", 1, 0xB),  # a folder named like a pinned file
+        osu_member("sb/star.png", 2, 0xC),
+    ]
+    caplog.set_level(logging.INFO)
+    completed = complete_listing(first, members, (), None, "set 5: ")
+    check_completed(first, completed)
+    assert not completed.provisional
+    names = {completed.path(i): e.member for i, e in enumerate(completed.entries) if i}
+    assert names == {
+        "A - T (M) [Easy].osu": 0,
+        "A - T (M) [Hard].osu": 1,
+        "A - T (M) [Normal].osu": -1,  # its listed bytes are not in the archive
+        "A - T (M) [Gone].osu": -1,
+        "A - T (M) [Added].osu": 3,
+        "audio.mp3": 4,
+        "a - t (m) [easy] (1).osu": -1,
+        "a - t (m) [easy] (1).osu/x.png": 5,
+        "sb": -1,
+        "sb/star.png": 6,
+    }
+    added = completed.child(0, "A - T (M) [Added].osu")
+    assert completed.entries[added].mtime_ns == 7  # the zip's time, not the site's
+    assert "set 5: the archive names 'A - T (M) [Hard].osu' as 'A - T (OldName) [Hard].osu'" in (
+        caplog.text
+    )
+    assert "set 5: the archive's 'a - t (m) [normal].osu' differs" in caplog.text
+    assert "set 5: the archive adds 'A - T (M) [Added].osu'" in caplog.text
+    assert SetListing.from_bytes(completed.to_bytes()) == completed
+
+
+def check_completed(first: SetListing, completed: SetListing) -> None:
+    """The pinned entries are unchanged, the rest come after them, and the tree is sound."""
+    count = len(first.pins)
+    assert completed.pins == first.pins
+    for index in range(1, count + 1):
+        before, after = first.entries[index], completed.entries[index]
+        assert (after.name, after.parent, after.size, after.mtime_ns) == (
+            before.name,
+            before.parent,
+            before.size,
+            before.mtime_ns,
+        )
+        if after.member >= 0:
+            member = completed.members[after.member]
+            assert (member.size, member.crc32) == (after.size, first.pins[index - 1].crc32)
+    seen: set[tuple[int, str]] = set()
+    for index, entry in enumerate(completed.entries[1:], 1):
+        assert entry.parent < index and completed.entries[entry.parent].is_dir
+        assert (entry.parent, case_key(entry.name)) not in seen
+        seen.add((entry.parent, case_key(entry.name)))
+        assert completed.child(entry.parent, entry.name) == index
+    rest = [
+        tuple(p.casefold() for p in completed.path(i).split("/"))
+        for i in range(count + 1, len(completed.entries))
+    ]
+    assert rest == sorted(rest)
+
+
+def test_format_1_listings_are_still_read() -> None:
+    listing = build_listing([member("audio.mp3"), member("sb/a.png")])
+    members, entries = msgpack.unpackb(listing.to_bytes(), raw=False)[1:3]
+    old = SetListing.from_bytes(msgpack.packb([1, members, entries], use_bin_type=True))
+    assert old == listing and not old.provisional and old.pins == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pins=st.lists(st.tuples(st.sampled_from("aAbB"), st.integers(1, 3)), max_size=5),
+    archive=st.lists(
+        st.tuples(
+            st.sampled_from(["a", "A", "b", "c", "a/x", "A.osu/y", "sb/z"]), st.integers(1, 3)
+        ),
+        max_size=8,
+    ),
+)
+def test_completing_never_moves_a_pinned_entry(
+    pins: list[tuple[str, int]], archive: list[tuple[str, int]]
+) -> None:
+    first = provisional_listing(
+        [pinned(f"{n}.osu", size, size, number) for number, (n, size) in enumerate(pins, 1)],
+        UPDATED,
+    )
+    members = [
+        osu_member(name if "/" in name else f"{name}.osu", size, size) for name, size in archive
+    ]
+    check_completed(first, complete_listing(first, members))

@@ -15,9 +15,18 @@ import lmdb
 import msgpack
 import pytest
 
+from osufs.archive import ZipMember
 from osufs.cache import parse_size
-from osufs.listing import Entry, SetListing
-from osufs.store import HashingWriter, PendingBlob, Store, fsync_file
+from osufs.listing import (
+    Entry,
+    Pin,
+    PinnedFile,
+    SetListing,
+    build_listing,
+    complete_listing,
+    provisional_listing,
+)
+from osufs.store import SCHEMA_VERSION, HashingWriter, PendingBlob, Store, fsync_file
 
 KB = 1024
 
@@ -448,6 +457,44 @@ def test_schema_1_is_upgraded(tmp_path: Path):
         assert [(r.set_id, r.size) for r in store.cached_sets()] == [(5, 3)]
         assert store.evict_to(0) == 3
         assert not path.exists()
+    finally:
+        store.close()
+
+
+def test_schema_2_listings_are_read_as_they_are(tmp_path: Path):
+    root = tmp_path / "cache"
+    (root / "index").mkdir(parents=True)
+    listing = build_listing([ZipMember(b"a.osu", True, 0, 0, 7, 3, 3, 0, 5, False)])
+    env = lmdb.open(str(root / "index"), max_dbs=16, map_size=1 << 20)
+    meta, listings = (env.open_db(name) for name in (b"meta", b"listings"))
+    members, entries = msgpack.unpackb(listing.to_bytes(), raw=False)[1:3]
+    with env.begin(write=True) as txn:
+        txn.put(b"schema", b"2", db=meta)
+        txn.put(struct.pack(">Q", 9), msgpack.packb([1, members, entries]), db=listings)
+    env.close()
+    store = Store(root)
+    try:
+        assert store.listing_get(9) == listing
+        with store._read() as txn:
+            assert txn.get(b"schema", db=store._meta) == str(SCHEMA_VERSION).encode()
+    finally:
+        store.close()
+
+
+def test_a_provisional_listing_is_completed_once(tmp_path: Path):
+    pin = PinnedFile("a.osu", 3, Pin(1, "0" * 32, 7))
+    first = provisional_listing([pin], 10)
+    member = ZipMember(b"a.osu", True, 0, 0, 7, 3, 3, 0, 5, False)
+    store = Store(tmp_path / "cache")
+    try:
+        assert store.listing_put(4, first) is first
+        assert store.listing_get(4) == first
+        done = complete_listing(first, [member])
+        assert store.listing_complete(4, done) is done
+        assert store.listing_get(4) == done and store.listing_put(4, first) == done
+        # A second completion (another mount's, later) finds the first standing.
+        other = complete_listing(first, [member, ZipMember(b"b", True, 0, 0, 1, 1, 1, 9, 5, False)])
+        assert store.listing_complete(4, other) == done
     finally:
         store.close()
 

@@ -6,6 +6,8 @@ import errno
 import hashlib
 import json
 import logging
+import math
+import re
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -24,11 +26,14 @@ from osufs.sources.base import (
     MAX_SET_INFO_JSON,
     MAX_SMALL_JSON,
     CatalogueEntry,
+    Difficulty,
     Pacer,
     RemoteArchive,
+    SetDifficulties,
     SetInfoCache,
     Source,
     SourceLimited,
+    SourceMismatch,
     _clock,
     _describe,
     _hop_timeout,
@@ -51,9 +56,9 @@ API_PER_MINUTE = 50
 CATALOGUE_RESERVE = 5
 API_WAIT = 10.0
 # Single .osu files (`/osu/<beatmap id>`) are a page of the site, not of the API, and their
-# limit is not published; they get a bucket of their own of the same shape: 60 in any minute.
+# limit is not published; they get a bucket of their own of the same shape and rate.
+# `--api-per-minute` changes the rate of both, for a service that allows more.
 FILES_BURST = 10
-FILES_PER_MINUTE = 50
 # A token is renewed this long before the site says it expires (at most a tenth of its life).
 TOKEN_MARGIN = 60.0
 # The API's search answers 50 sets a page; one sync reads at most this many pages (about
@@ -68,6 +73,7 @@ CATALOGUES: dict[str, tuple[str, str]] = {
     "all": ("any", "updated_asc"),  # every status, graveyard included
 }
 OSU_SITE = "https://osu.ppy.sh"
+_MD5 = re.compile(r"[0-9a-f]{32}")
 CLIENT_MISSING = (
     "the osu! API needs an OAuth client (create one under Settings > OAuth on the site): put "
     "client_id=... and client_secret=... in a file only you can read and pass --client-file, "
@@ -95,6 +101,7 @@ class OsuApiSource(Source):
 
     kind = "osuapi"
     serves_archives = False
+    serves_difficulties = True
     catalogue_paged = True
 
     def __init__(
@@ -106,8 +113,7 @@ class OsuApiSource(Source):
         no_video: bool = False,
         catalogue: str | None = "ranked",
         query: str = "",
-        pacer: Pacer | None = None,
-        files_pacer: Pacer | None = None,
+        per_minute: float = API_PER_MINUTE,
     ) -> None:
         super().__init__(client, base, no_video=no_video)
         if catalogue is not None and catalogue not in CATALOGUES:
@@ -118,8 +124,8 @@ class OsuApiSource(Source):
         self._token_lock = trio.Lock()
         self._refusal_told = False
         self.refused_until = 0.0
-        self.pacer = pacer or Pacer(API_BURST, API_PER_MINUTE * 60)
-        self.files_pacer = files_pacer or Pacer(FILES_BURST, FILES_PER_MINUTE * 60)
+        self.pacer = Pacer(API_BURST, per_minute * 60)
+        self.files_pacer = Pacer(FILES_BURST, per_minute * 60)
         self.catalogue_filter = catalogue
         self.catalogue_query = query
         self._set_infos = SetInfoCache()
@@ -217,14 +223,21 @@ class OsuApiSource(Source):
             self._token_expires = time.time() + lifetime - min(TOKEN_MARGIN, lifetime / 10)
             self.grants += 1
 
-    async def _pace(self, pacer: Pacer, *, background: bool = False, what: str = "API") -> None:
+    async def _pace(
+        self,
+        pacer: Pacer,
+        *,
+        background: bool = False,
+        longest: float = API_WAIT,
+        what: str = "API",
+    ) -> None:
         """Wait for a token of `pacer`. Background work waits as long as it takes and lets
-        readers go first; a reader waits at most API_WAIT (and within its deadline), then the
+        readers go first; a reader waits at most `longest` (and within its deadline), then the
         request fails over with SourceLimited."""
         reserve = CATALOGUE_RESERVE if background else 0.0
         while (wait := pacer.take(reserve)) > 0:
             if not background and (
-                wait > API_WAIT or trio.current_time() + wait >= trio.current_effective_deadline()
+                wait > longest or trio.current_time() + wait >= trio.current_effective_deadline()
             ):
                 until = time.time() + wait
                 raise SourceLimited(
@@ -336,6 +349,38 @@ class OsuApiSource(Source):
 
     # single .osu files
 
+    async def set_difficulties(self, set_id: int) -> SetDifficulties:
+        """The set info's beatmaps that have an id and an md5, and its `last_updated`."""
+        info = await self.set_info(set_id)
+        difficulties = []
+        for beatmap in info.get("beatmaps") or ():
+            if not isinstance(beatmap, dict):
+                continue
+            md5 = str(beatmap.get("checksum") or "").lower()
+            try:
+                beatmap_id = int(beatmap["id"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if beatmap_id > 0 and _MD5.fullmatch(md5):
+                difficulties.append(Difficulty(beatmap_id, md5, str(beatmap.get("version") or "")))
+        return SetDifficulties(
+            _iso_ns(info.get("last_updated")),
+            str(info.get("artist") or ""),
+            str(info.get("title") or ""),
+            str(info.get("creator") or ""),
+            difficulties,
+        )
+
+    async def beatmap_file(self, beatmap_id: int, md5: str, *, longest: float = math.inf) -> bytes:
+        """`/osu/<beatmap id>`, paced (waiting up to `longest`, within the caller's deadline)
+        and checked against md5 when one is given (SourceMismatch)."""
+        await self._pace(self.files_pacer, longest=longest, what=".osu file")
+        async with self.stream("GET", f"{self._root}/osu/{beatmap_id}") as response:
+            data = await _read_body(response, MAX_OSU_SIZE)
+        if md5 and hashlib.md5(data).hexdigest() != md5.lower():
+            raise SourceMismatch(f"{self.label}: /osu/{beatmap_id} does not match its md5")
+        return data
+
     async def difficulty_bytes(self, set_id: int, path: str) -> bytes | None:
         """`/osu/<beatmap id>` for the difficulty the file name names, checked by its md5."""
         if "/" in path or not path.lower().endswith(".osu"):
@@ -345,20 +390,17 @@ class OsuApiSource(Source):
             beatmap = _beatmap_for(info, path)
             if beatmap is None:
                 return None
-            await self._pace(self.files_pacer, what=".osu file")
+            checksum = str(beatmap.get("checksum") or "")
+            return await self.beatmap_file(int(beatmap["id"]), checksum, longest=API_WAIT)
+        except SourceMismatch:
+            log.warning("%s: set %d: %s does not match its md5", self.label, set_id, path)
+            return None
         except OsufsError as error:
             if not isinstance(error, SourceLimited) and error.errno != errno.EACCES:
                 raise
             # Paced, or no usable client (said once already): the archive's copy will do.
             log.debug("%s: set %d: %s: %s", self.label, set_id, path, error)
             return None
-        async with self.stream("GET", f"{self._root}/osu/{int(beatmap['id'])}") as response:
-            data = await _read_body(response, MAX_OSU_SIZE)
-        expected = str(beatmap.get("checksum") or "").lower()
-        if expected and hashlib.md5(data).hexdigest() != expected:
-            log.warning("%s: set %d: %s does not match its md5", self.label, set_id, path)
-            return None
-        return data
 
 
 def _api_folder(set_id: int, info: dict[str, Any]) -> str | None:

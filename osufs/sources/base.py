@@ -68,6 +68,13 @@ class SourceMissing(OsufsError):
         super().__init__(errno.ENOENT, message)
 
 
+class SourceMismatch(OsufsError):
+    """The source's bytes are not the ones its own metadata describes (another md5)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EIO, message)
+
+
 class SourceLimited(OsufsError):
     """This source refuses requests until `until` (unix time)."""
 
@@ -152,6 +159,26 @@ class CatalogueEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class Difficulty:
+    """One beatmap of a set, as metadata describes it."""
+
+    beatmap_id: int
+    md5: str  # of its .osu file, lower-case hex
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetDifficulties:
+    """What metadata says of a set's difficulties, enough to list them without the archive."""
+
+    updated_ns: int  # the set's last update
+    artist: str
+    title: str
+    creator: str
+    difficulties: list[Difficulty]
+
+
+@dataclass(frozen=True, slots=True)
 class RemoteArchive:
     """An archive a source serves by byte ranges."""
 
@@ -184,6 +211,9 @@ class Source:
     metered = False
     # Whether it serves archives at all (the osu! API serves only metadata and .osu files).
     serves_archives = True
+    # Whether it describes a set's difficulties and serves each .osu by beatmap id
+    # (`set_difficulties`, `beatmap_file`): then a set can be listed without its archive.
+    serves_difficulties = False
     # Whether its set list comes in pages over time (then the library syncs it in the
     # background and keeps a cursor), rather than in one answer.
     catalogue_paged = False
@@ -271,6 +301,14 @@ class Source:
     async def difficulty_bytes(self, set_id: int, path: str) -> bytes | None:
         """A .osu file's bytes without its archive (the metadata tier), if the source has it."""
         return None
+
+    async def set_difficulties(self, set_id: int) -> SetDifficulties | None:
+        """The set's difficulties from metadata (with `serves_difficulties`); None otherwise."""
+        return None
+
+    async def beatmap_file(self, beatmap_id: int, md5: str) -> bytes:
+        """A difficulty's .osu bytes by beatmap id, checked against md5 (SourceMismatch)."""
+        raise OsufsError.io(f"{self.label}: serves no .osu files by beatmap id")
 
     @asynccontextmanager
     async def stream(

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import httpx
 
-from osufs.sources.api import CLIENT_MISSING, OSU_SITE, OsuApiSource
+from osufs.sources.api import API_PER_MINUTE, CLIENT_MISSING, OSU_SITE, OsuApiSource
 from osufs.sources.base import Source
 from osufs.sources.hexide import HexideSource
 from osufs.sources.mirrors import _NOVIDEO, MIRRORS, MirrorSource, TemplateSource
@@ -63,7 +63,8 @@ class _SourceSettings(Protocol):
     sources: list[SourceSpec]
     cookie: str | None
     no_video: bool
-    # Optional (getattr): client_id, client_secret, catalogue, catalogue_query, catalogue_file.
+    # Optional (getattr): client_id, client_secret, catalogue, catalogue_query, catalogue_file,
+    # api_per_minute.
 
 
 def build_sources(client: httpx.AsyncClient, settings: _SourceSettings) -> list[Source]:
@@ -93,6 +94,7 @@ def build_sources(client: httpx.AsyncClient, settings: _SourceSettings) -> list[
                     no_video=settings.no_video,
                     catalogue=None if catalogue == "none" else catalogue,
                     query=getattr(settings, "catalogue_query", None) or "",
+                    per_minute=getattr(settings, "api_per_minute", None) or API_PER_MINUTE,
                 )
             )
         elif spec.kind in MIRRORS:
