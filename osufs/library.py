@@ -236,8 +236,11 @@ class Library:
         right now (paced, failing), so a later look lists it whole."""
         try:
             info = await source.set_difficulties(set_id)
-        except SourceMissing:
-            return None
+        except OsufsError as error:
+            # Unknown to the API, or no usable client (said once): only the archive lists it.
+            if isinstance(error, SourceMissing) or error.errno == errno.EACCES:
+                return None
+            raise
         if info is None or not info.difficulties or info.updated_ns <= 0:
             log.info("set %d: %s cannot list it without its archive", set_id, source.label)
             return None
@@ -792,6 +795,8 @@ class Library:
                 if _is_osu(listing.entries[index].name) and index not in cached
             ]
             remote = self._remotes.get(set_id)
+            if remote is None and not self._unmetered_available():
+                return  # any member fetched now could spend a metered source's allowance
             if remote is not None:
                 # Pinned files the archive lacks have only their /osu/ copy: fetched below.
                 in_archive = [index for index in wanted if listing.member(index) is not None]
