@@ -93,13 +93,38 @@ class ServerStats:
         }
 
 
-class _Shaping:
-    """ASGI middleware: counts requests and body bytes and adds the configured latency."""
+class Link:
+    """A downlink shared by every archive body: each chunk waits for its turn on the wire."""
 
-    def __init__(self, app: ASGIApp, stats: ServerStats, latency: float) -> None:
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._free_at = 0.0
+
+    def reserve(self, size: int) -> float:
+        """When a chunk of `size` bytes sent now would have fully arrived."""
+        start = max(anyio.current_time(), self._free_at)
+        self._free_at = start + size / self.rate
+        return self._free_at
+
+
+class Shaping:
+    """ASGI middleware: counts requests and body bytes and adds the configured latency; with
+    a bandwidth, holds every response body to it (for apps whose bodies do not pace
+    themselves, like the loopback emulation of the official site in the benchmarks)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        stats: ServerStats,
+        latency: float,
+        bandwidth: int | None = None,
+        link: Link | None = None,
+    ) -> None:
         self.app = app
         self.stats = stats
         self.latency = latency
+        self.bandwidth = bandwidth
+        self.link = link
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] == "/_stats":
@@ -108,11 +133,37 @@ class _Shaping:
         self.stats.requests += 1
         if self.latency > 0:
             await anyio.sleep(self.latency)
+        began = anyio.current_time()
+        sent = 0
 
         async def counting_send(message: Message) -> None:
-            if message["type"] == "http.response.body":
-                self.stats.bytes_sent += len(message.get("body", b""))
-            await send(message)
+            nonlocal sent
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            body = message.get("body", b"")
+            self.stats.bytes_sent += len(body)
+            if not (self.bandwidth or self.link) or not body:
+                await send(message)
+                return
+            # As _FileResponse does: about ten sends a second, each held until the capped
+            # rates would have delivered it.
+            step = CHUNK
+            for rate in (self.bandwidth, self.link and self.link.rate):
+                if rate:
+                    step = max(1024, min(step, rate // 10))
+            more = message.get("more_body", False)
+            for start in range(0, len(body), step):
+                piece = body[start : start + step]
+                sent += len(piece)
+                if self.bandwidth:
+                    await anyio.sleep_until(began + sent / self.bandwidth)
+                if self.link:
+                    await anyio.sleep_until(self.link.reserve(len(piece)))
+                last = start + step >= len(body)
+                await send(
+                    {"type": "http.response.body", "body": piece, "more_body": more or not last}
+                )
 
         await self.app(scope, receive, counting_send)
 
@@ -150,20 +201,6 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if start >= size:
         raise RangeNotSatisfiable
     return start, min(int(last), size - 1) if last else size - 1
-
-
-class Link:
-    """A downlink shared by every archive body: each chunk waits for its turn on the wire."""
-
-    def __init__(self, rate: int) -> None:
-        self.rate = rate
-        self._free_at = 0.0
-
-    def reserve(self, size: int) -> float:
-        """When a chunk of `size` bytes sent now would have fully arrived."""
-        start = max(anyio.current_time(), self._free_at)
-        self._free_at = start + size / self.rate
-        return self._free_at
 
 
 class _FileResponse(Response):
@@ -779,7 +816,7 @@ def create_app(
     stats_ = ServerStats()
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(_Shaping, stats=stats_, latency=latency)],
+        middleware=[Middleware(Shaping, stats=stats_, latency=latency)],
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )

@@ -2,8 +2,8 @@
 """Benchmark (issue 4): `grep -r` through an osufs mount against downloading and unzipping.
 
 Builds a library of N sets from the real .osu files in ../shared/corpus/osu (plus pseudo-random
-audio and images of realistic size), serves it with `osufs serve` behind a per-request latency
-and a per-response bandwidth cap, and measures, in one run:
+audio and images of realistic size), serves it behind a per-request latency and a per-response
+bandwidth cap, and measures, in one run:
 
 1. cold: `grep -rl --include='*.osu' PATTERN` through a fresh osufs mount (empty cache) against
    the naive path: download every .osz over HTTP from the same server with the same
@@ -13,11 +13,23 @@ and a per-response bandwidth cap, and measures, in one run:
    (median of --runs), plus a whole-tree `grep -rl PATTERN` (audio too) over the first
    --whole-tree-sets sets.
 
+Two configurations (`--setup`):
+- `mirror` (the default): `osufs serve`, a Hexide mirror; osufs lists sets from their archives'
+  directories and reads .osu members by range.
+- `site`: the official site and the osu! API as tests/fake_api.py emulates them (a token, set
+  info with md5s, the catalogue search, `/osu/<beatmap id>`, cookie downloads redirected to a
+  ranged file host), served in this process; osufs mounts `osuapi` and `osu` (archives only on
+  demand) and lists every set provisionally from its .osu files; the naive side downloads every
+  archive from the emulated site with the cookie. The emulation publishes no limit, so the API
+  and /osu/ pace is `--api-per-minute` (the real one is 50: see docs/benchmarks.md). No
+  whole-tree grep: a provisional set lists only its .osu files.
+
 Both sides' file lists are compared; any difference, grep error or mount warning is printed.
 Run it with the project's interpreter (needs /dev/fuse, fusermount3, curl, unzip, grep):
 
-    .venv/bin/python scripts/bench_grep.py [--sets 1000] [--latency 0.02]
-        [--bandwidth 50000000] [--link BYTES_PER_S] [--workdir DIR] [--keep] [--profile]
+    .venv/bin/python scripts/bench_grep.py [--setup mirror|site] [--sets 1000]
+        [--latency 0.02] [--bandwidth 50000000] [--link BYTES_PER_S] [--api-per-minute 60000]
+        [--workdir DIR] [--keep] [--profile]
 
 Disk: about twice the library (archives + unpacked tree); the osufs cache is removed before the
 naive phase. Everything it starts is stopped, and the mount unmounted, even on Ctrl-C.
@@ -156,6 +168,10 @@ class Server:
         data = httpx.get(f"{self.url}/_stats", timeout=30).json()
         return {"requests": data["requests"], "bytes_sent": data["bytes_sent"]}
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -232,6 +248,62 @@ def mounted(*args, **kwargs) -> Iterator[Mount]:
         yield mount
     finally:
         mount.unmount()
+
+
+class EmulatedSite:
+    """The official site and the osu! API of tests/fake_api.py, shaped like the mirror, in a
+    thread of this process (so its CPU is this process's)."""
+
+    def __init__(
+        self, archives: Path, ids: list[int], latency: float, bandwidth: int, link: int | None
+    ) -> None:
+        sys.path.insert(0, str(REPO))
+        from starlette.applications import Starlette
+        from starlette.middleware import Middleware
+        from starlette.routing import Mount
+
+        from osufs.server import Link, ServerStats, Shaping
+        from tests.fake_api import ApiState, api_app, api_set
+        from tests.helpers import ThreadedApp
+
+        self.state = ApiState({i: api_set(i, archives / f"{i}.osz") for i in ids})
+        self._stats = ServerStats()
+        shaping = Middleware(
+            Shaping,
+            stats=self._stats,
+            latency=latency,
+            bandwidth=bandwidth,
+            link=Link(link) if link else None,
+        )
+        app = Starlette(routes=[Mount("/", api_app(self.state))], middleware=[shaping])
+        self._server = ThreadedApp(app)
+        self.url = self._server.url
+        self.pid = os.getpid()
+
+    def stats(self) -> dict:
+        return {"requests": self._stats.requests, "bytes_sent": self._stats.bytes_sent}
+
+    def counts(self) -> dict:
+        """What osufs asked the emulation for, by kind."""
+        return {
+            "archives": sum(self.state.downloads.values()),
+            "osu": sum(self.state.osu_requests.values()),
+            "api": len(self.state.api_requests),
+        }
+
+    def secrets(self, workdir: Path) -> tuple[Path, Path]:
+        """The client file and the cookie file a user would keep, owner-only."""
+        from tests.fake_api import CLIENT_ID, CLIENT_SECRET, SESSION_COOKIE
+
+        client, cookie = workdir / "client", workdir / "cookie"
+        client.write_text(f"client_id={CLIENT_ID}\nclient_secret={CLIENT_SECRET}\n")
+        cookie.write_text(SESSION_COOKIE)
+        for path in (client, cookie):
+            path.chmod(0o600)
+        return client, cookie
+
+    def stop(self) -> None:
+        self._server.stop()
 
 
 # Measuring
@@ -315,12 +387,16 @@ def warm_server(url: str, ids: list[int], pool: int) -> None:
                 response.raise_for_status()
 
 
-def naive_download(url: str, ids: list[int], target: Path, pool: int, log: Path) -> None:
-    """Every archive with curl, `pool` transfers at once (one process, connections reused)."""
+def naive_download(
+    urls: dict[int, str], target: Path, pool: int, log: Path, cookie: str | None = None
+) -> None:
+    """Every archive with curl, `pool` transfers at once (one process, connections reused);
+    with a cookie, as a logged-in browser downloads from the site (following its redirect)."""
     target.mkdir(parents=True, exist_ok=True)
     config = target / "curl.cfg"
+    login = f'location\nheader = "Cookie: {cookie}"\n' if cookie else ""
     config.write_text(
-        "".join(f'url = "{url}/beatmaps/{i}/download"\noutput = "{target}/{i}.osz"\n' for i in ids)
+        login + "".join(f'url = "{url}"\noutput = "{target}/{i}.osz"\n' for i, url in urls.items())
     )
     with open(log, "ab") as out:
         subprocess.run(
@@ -394,6 +470,12 @@ def mount_log_excerpt(log: Path, limit: int = 20) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--setup",
+        choices=["mirror", "site"],
+        default="mirror",
+        help="a Hexide mirror, or the official site with the osu! API [mirror]",
+    )
     parser.add_argument("--sets", type=int, default=1000)
     parser.add_argument("--latency", type=float, default=0.02, help="seconds per request")
     parser.add_argument(
@@ -419,7 +501,15 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="where to work [a new temp directory]")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--profile", action="store_true", help="count FUSE requests of a warm grep")
+    parser.add_argument(
+        "--api-per-minute",
+        type=float,
+        default=60000,
+        help="--setup site: the pace of API and /osu/ requests osufs keeps to [60000]",
+    )
     args = parser.parse_args()
+    if args.setup == "site":
+        args.whole_tree_sets = 0  # a provisional set lists only its .osu files
 
     # Ctrl-C and SIGTERM both unwind through the finally blocks below.
     def interrupted(signum: int, frame: object) -> None:
@@ -438,7 +528,7 @@ def main() -> int:
     for stale in (cache, downloads, tree, mount_log, server_log):
         subprocess.run(["rm", "-rf", str(stale)], check=True)
     report = Report()
-    server: Server | None = None
+    server: Server | EmulatedSite | None = None
     peak_disk = 0
     try:
         print(f"building {args.sets} sets in {archives} ...", flush=True)
@@ -447,12 +537,28 @@ def main() -> int:
         library_bytes = sum((archives / f"{i}.osz").stat().st_size for i in ids)
         how = f"built in {built:.0f} s" if built else "reused"
         print(f"  {how}: {human(library_bytes)}")
-        shaping = ["--latency", str(args.latency), "--bandwidth", str(args.bandwidth)]
-        shaping += ["--link", str(args.link)] if args.link else []
-        server = Server(archives, server_log, *shaping)
         start = time.perf_counter()
-        warm_server(server.url, ids, 16)
-        print(f"  server indexed and hashed in {time.perf_counter() - start:.0f} s", flush=True)
+        if args.setup == "mirror":
+            shaping = ["--latency", str(args.latency), "--bandwidth", str(args.bandwidth)]
+            shaping += ["--link", str(args.link)] if args.link else []
+            server = Server(archives, server_log, *shaping)
+            warm_server(server.url, ids, 16)
+            print(f"  server indexed and hashed in {time.perf_counter() - start:.0f} s")
+            mount_args = ["--source", f"hexide={server.url}"]
+            naive_urls = {i: f"{server.url}/beatmaps/{i}/download" for i in ids}
+            cookie = None
+        else:
+            server = EmulatedSite(archives, ids, args.latency, args.bandwidth, args.link)
+            print(f"  site emulated in {time.perf_counter() - start:.0f} s")
+            client_file, cookie_file = server.secrets(workdir)
+            cookie = cookie_file.read_text()
+            mount_args = [
+                "--source", f"osuapi={server.url}", "--client-file", str(client_file),
+                "--source", f"osu={server.url}", "--cookie-file", str(cookie_file),
+                "--catalogue", "ranked", "--api-per-minute", str(args.api_per_minute),
+            ]  # fmt: skip
+            naive_urls = {i: f"{server.url}/beatmapsets/{i}/download" for i in ids}
+        sys.stdout.flush()
         scan = grep_argv(args.pattern, [mnt], osu_only=True)
         subset = ids[: args.whole_tree_sets]
 
@@ -461,16 +567,26 @@ def main() -> int:
         ops_file = workdir / "ops.json" if args.profile else None
         before = server.stats()
         start = time.perf_counter()
-        mount_args = ["--source", f"hexide={server.url}", "--read-ahead", str(args.pool)]
+        mount_args += ["--read-ahead", str(args.pool)]
         with mounted(mnt, cache, mount_log, mount_args, ops_file) as mount:
+            # The whole catalogue first (the API's pages arrive after the first): the grep
+            # must see every set, and listing the root is not what is measured.
+            deadline = time.monotonic() + STARTUP
+            while len(os.listdir(mnt)) < len(ids) and time.monotonic() < deadline:
+                time.sleep(0.05)
             mount_seconds = time.perf_counter() - start
-            cpu_before = cpu_seconds(server.process.pid), cpu_seconds(mount.process.pid)
+            counts_before = server.counts() if isinstance(server, EmulatedSite) else None
+            cpu_before = cpu_seconds(server.pid), cpu_seconds(mount.process.pid)
             cold = run_grep(scan)
             osufs_cold = stat_delta(server.stats(), before)
             cold_cpu = (
-                cpu_seconds(server.process.pid) - cpu_before[0],
+                cpu_seconds(server.pid) - cpu_before[0],
                 cpu_seconds(mount.process.pid) - cpu_before[1],
             )
+            if isinstance(server, EmulatedSite) and counts_before is not None:
+                asked = stat_delta(server.counts(), counts_before)
+                if asked["archives"]:
+                    report.problem(f"the cold grep downloaded {asked['archives']} archives")
             report.check_grep("osufs cold", cold)
             print(f"  {cold.seconds:.1f} s, {human(osufs_cold['bytes_sent'])}", flush=True)
             print("osufs: warm grep ...", flush=True)
@@ -502,7 +618,7 @@ def main() -> int:
         print("naive: download ...", flush=True)
         before = server.stats()
         start = time.perf_counter()
-        naive_download(server.url, ids, downloads, args.pool, workdir / "curl.log")
+        naive_download(naive_urls, downloads, args.pool, workdir / "curl.log", cookie)
         download_seconds = time.perf_counter() - start
         naive_bytes = stat_delta(server.stats(), before)
         peak_disk = max(peak_disk, du(workdir))
@@ -545,6 +661,14 @@ def main() -> int:
         bw = f"{args.bandwidth / MB:g} MB/s a response"
         if args.link:
             bw += f", {args.link / MB:g} MB/s shared (the client's link)"
+        if args.setup == "mirror":
+            setup = f"a Hexide mirror (osufs serve): {args.latency * 1000:g} ms a request"
+        else:
+            setup = (
+                f"the official site and the osu! API, emulated (tests/fake_api.py): "
+                f"{args.latency * 1000:g} ms a request; osufs paced at {args.api_per_minute:g} "
+                "API and /osu/ requests a minute"
+            )
         load = "/".join(f"{x:.1f}" for x in os.getloadavg())
         rows = [
             f"grep benchmark, {datetime.date.today()}, {platform.node()}: "
@@ -552,8 +676,8 @@ def main() -> int:
             f"Linux {platform.release()}, Python {platform.python_version()}; "
             f"load average at the end {load} (other work on the machine adds noise)",
             f"library: {len(ids)} sets, {human(library_bytes)} ({human(library_bytes / len(ids))}"
-            f" a set; audio {human(args.audio_size)}); server: {args.latency * 1000:g} ms a "
-            f"request, {bw}; osufs --read-ahead {args.pool}, naive pool {args.pool}",
+            f" a set; audio {human(args.audio_size)}); server: {setup}, {bw}; "
+            f"osufs --read-ahead {args.pool}, naive pool {args.pool}",
             f"scan: grep -rl --include='*.osu' {shlex.quote(args.pattern)} -> {matched} files "
             f"in {matched_sets} sets",
             "",
@@ -569,6 +693,14 @@ def main() -> int:
             f"  (mount start, catalogue of {len(ids)} sets included in bytes: "
             f"{mount_seconds:.2f} s, not in the time; CPU during the osufs grep: mount "
             f"{cold_cpu[1]:.1f} s, server {cold_cpu[0]:.1f} s)",
+            *(
+                [
+                    f"  (osufs asked for {asked['api']} API answers, {asked['osu']} .osu files "
+                    f"and {asked['archives']} archives during the grep)"
+                ]
+                if args.setup == "site"
+                else []
+            ),
             "",
             f"{f'warm (median of {args.runs})':<34}{'osufs':>9}{'native':>9}{'ratio':>9}",
             f"{'  grep --include=*.osu':<34}{osufs_warm:>8.3f}s{native_warm:>8.3f}s"
@@ -612,7 +744,7 @@ def main() -> int:
                 print(f"mount log kept at {kept}")
             # Only what this script made: --workdir may name a directory holding other things.
             made = [archives, cache, downloads, tree, mount_log, server_log]
-            made += [workdir / "ops.json", workdir / "curl.log"]
+            made += [workdir / name for name in ("ops.json", "curl.log", "client", "cookie")]
             for path in made:
                 subprocess.run(["rm", "-rf", str(path)])
             with contextlib.suppress(OSError):
