@@ -207,6 +207,7 @@ def _storyboard(sprites: list[str]) -> bytes:
 
 _METADATA_HEADER = re.compile(rb"^\[Metadata\][ \t]*\r?$", re.MULTILINE)
 _ID_LINE = re.compile(rb"^(BeatmapID|BeatmapSetID)[ \t]*:.*?(\r?)$", re.MULTILINE)
+_VERSION_LINE = re.compile(rb"^Version[ \t]*:.*?(\r?)$", re.MULTILINE)
 
 
 def _corpus_pool(corpus: Path) -> list[bytes]:
@@ -317,6 +318,13 @@ def _build_set(
             name = difficulty_filename(
                 parsed.artist, parsed.title, parsed.creator, parsed.version or _VERSIONS[level]
             )
+            if name.lower() in taken and parsed.version:
+                # The same real file drawn twice: osu! names every difficulty of a set apart,
+                # so rename it as a mapper would, in its own metadata (its file name follows).
+                version = f"{parsed.version} {level}"
+                line = b"Version:" + version.encode().replace(b"\\", b"\\\\") + rb"\1"
+                data = _VERSION_LINE.sub(line, data, 1)
+                name = difficulty_filename(parsed.artist, parsed.title, parsed.creator, version)
         else:
             timing, objects, bookmarks = _chart(rng, level)
             data = write_osu(
