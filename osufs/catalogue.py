@@ -68,6 +68,11 @@ class Catalogue:
         self._syncing: set[str] = set()
         self._naming = False
 
+    def stamp(self) -> tuple[int, object]:
+        """Equal for as long as page() answers the same: sets only ever join the index (names
+        never move), and a catalogue file is reread into a new list."""
+        return self.store.catalogue_count(), self._listed
+
     def page(self, after: int, limit: int) -> list[tuple[int, CatalogueRecord]]:
         """Up to limit listed sets with ids above after, in id order: the index's catalogue,
         or with a catalogue file, the file's sets that have a name yet."""

@@ -118,9 +118,8 @@ class Library:
         return self.catalogue.page(after, limit)
 
     def catalogue_stamp(self) -> tuple[int, object]:
-        """Equal for as long as catalogue_page answers the same: sets only ever join the index
-        (names never move), and a catalogue file is reread into a new list."""
-        return self.store.catalogue_count(), self._listed
+        """Equal for as long as catalogue_page answers the same (see Catalogue.stamp)."""
+        return self.catalogue.stamp()
 
     async def resume_catalogue(self) -> None:
         await self.catalogue.resume()
