@@ -298,15 +298,23 @@ class Library:
     ) -> SetListing:
         """Store a provisional listing and its .osu bytes as its members; the listing that
         stands (another mount's, if it was first: then ours is dropped)."""
+        standing = await trio.to_thread.run_sync(self._write_provisional, set_id, listing, contents)
+        if standing is listing:
+            for pin in listing.pins:
+                self._kept_difficulties.pop(pin.beatmap_id, None)
+            log.info("set %d: listed before its archive: %d .osu files", set_id, len(listing.pins))
+        return standing
+
+    def _write_provisional(
+        self, set_id: int, listing: SetListing, contents: dict[int, bytes]
+    ) -> SetListing:
+        """Write the .osu files, store the listing and index them, in one thread call (a cold
+        scan lists thousands of sets this way)."""
         blobs = []
         try:
             for index, pin in enumerate(listing.pins, 1):
                 data = contents[pin.beatmap_id]
-                blobs.append(
-                    await trio.to_thread.run_sync(
-                        self._write_member, set_id, index, _reader(data), _loose_member(data)
-                    )
-                )
+                blobs.append(self._write_member(set_id, index, _reader(data), _loose_member(data)))
             standing = self.store.listing_put(set_id, listing)
         except BaseException:
             for blob in blobs:
@@ -316,10 +324,7 @@ class Library:
             for blob in blobs:
                 blob.temp_path.unlink(missing_ok=True)
             return standing
-        await trio.to_thread.run_sync(self.store.commit_blobs, blobs)
-        for pin in listing.pins:
-            self._kept_difficulties.pop(pin.beatmap_id, None)
-        log.info("set %d: listed before its archive: %d .osu files", set_id, len(listing.pins))
+        self.store.commit_blobs(blobs)
         return listing
 
     async def _connect(self, set_id: int) -> RemoteArchive | None:
