@@ -106,7 +106,9 @@ class Library:
         self._scanned: set[int] = set()  # sets whose .osu a reader opened
         self._open_files: dict[int, int] = {}  # descriptor -> set id
         self._difficulty_pool = trio.CapacityLimiter(DIFFICULTY_FETCHES)
-        self._kept_difficulties: OrderedDict[int, bytes] = OrderedDict()  # beatmap id -> bytes
+        # (beatmap id, md5) -> checked bytes of a listing cut short, for its next attempt; the
+        # md5 is in the key so a map updated in between is fetched anew.
+        self._kept_difficulties: OrderedDict[tuple[int, str], bytes] = OrderedDict()
         self.catalogue = Catalogue(
             store, sources, nursery, offline=offline, catalogue_file=catalogue_file
         )
@@ -182,7 +184,8 @@ class Library:
         source = self._difficulty_source()
         if source is not None:
             listed = await self._flights.run(
-                ("provisional", set_id), lambda: self._list_provisionally(source, set_id)
+                ("provisional", set_id),
+                lambda: self._list_provisionally(source, set_id, background=speculative),
             )
             if listed is not None:
                 return listed
@@ -228,13 +231,15 @@ class Library:
             return None
         return next((s for s in self.sources if s.serves_difficulties), None)
 
-    async def _list_provisionally(self, source: Source, set_id: int) -> SetListing | None:
+    async def _list_provisionally(
+        self, source: Source, set_id: int, *, background: bool
+    ) -> SetListing | None:
         """List a set by its difficulties alone and store their bytes: every .osu is fetched
         and checked by md5 first, so no size is guessed. None when metadata cannot list it
         (the archive is then asked); EIO, storing nothing, when some .osu is not to be had
         right now (paced, failing), so a later look lists it whole."""
         try:
-            info = await source.set_difficulties(set_id)
+            info = await source.set_difficulties(set_id, background=background)
         except OsufsError as error:
             # Unknown to the API, or no usable client (said once): only the archive lists it.
             if isinstance(error, SourceMissing) or error.errno == errno.EACCES:
@@ -246,7 +251,7 @@ class Library:
         outcomes: dict[int, bytes | OsufsError] = {}
         async with trio.open_nursery() as nursery:
             for difficulty in info.difficulties:
-                nursery.start_soon(self._fetch_difficulty, source, difficulty, outcomes)
+                nursery.start_soon(self._fetch_difficulty, source, difficulty, outcomes, background)
         files: list[PinnedFile] = []
         contents: dict[int, bytes] = {}
         passing: list[str] = []
@@ -276,20 +281,27 @@ class Library:
         return await self._store_provisional(set_id, listing, contents)
 
     async def _fetch_difficulty(
-        self, source: Source, difficulty: Difficulty, outcomes: dict[int, bytes | OsufsError]
+        self,
+        source: Source,
+        difficulty: Difficulty,
+        outcomes: dict[int, bytes | OsufsError],
+        background: bool,
     ) -> None:
-        kept = self._kept_difficulties.get(difficulty.beatmap_id)
+        key = (difficulty.beatmap_id, difficulty.md5)
+        kept = self._kept_difficulties.get(key)
         if kept is not None:
             outcomes[difficulty.beatmap_id] = kept
             return
         try:
             async with self._difficulty_pool:
-                data = await source.beatmap_file(difficulty.beatmap_id, difficulty.md5)
+                data = await source.beatmap_file(
+                    difficulty.beatmap_id, difficulty.md5, background=background
+                )
         except OsufsError as error:
             outcomes[difficulty.beatmap_id] = error
             return
         outcomes[difficulty.beatmap_id] = data
-        self._kept_difficulties[difficulty.beatmap_id] = data
+        self._kept_difficulties[key] = data
         while len(self._kept_difficulties) > KEPT_DIFFICULTIES:
             self._kept_difficulties.popitem(last=False)
 
@@ -301,7 +313,7 @@ class Library:
         standing = await trio.to_thread.run_sync(self._write_provisional, set_id, listing, contents)
         if standing is listing:
             for pin in listing.pins:
-                self._kept_difficulties.pop(pin.beatmap_id, None)
+                self._kept_difficulties.pop((pin.beatmap_id, pin.md5), None)
             log.info("set %d: listed before its archive: %d .osu files", set_id, len(listing.pins))
         return standing
 
@@ -450,7 +462,9 @@ class Library:
                 except MemberError:
                     continue  # refused when read; it cannot name files anyway
                 references += referenced_files(parse_osu(fetched[number]))
-        listing = self._settle_listing(remote.set_id, members, references)
+        listing = await trio.to_thread.run_sync(
+            self._settle_listing, remote.set_id, members, references
+        )
         blobs = [
             await trio.to_thread.run_sync(
                 self._write_member,
@@ -760,7 +774,8 @@ class Library:
         ]
 
     def cached_state(self, set_id: int, index: int) -> str:
-        """`yes`, `no` or (for a folder) `partly`: whether reading it needs the network."""
+        """`yes`, `no`, (for a folder) `partly`, or `provisional` (a set listed before its
+        archive): whether reading it needs the network."""
         listing = self.store.listing_get(set_id)
         if listing is None:
             return "no"

@@ -349,9 +349,9 @@ class OsuApiSource(Source):
 
     # single .osu files
 
-    async def set_difficulties(self, set_id: int) -> SetDifficulties:
+    async def set_difficulties(self, set_id: int, *, background: bool = False) -> SetDifficulties:
         """The set info's beatmaps that have an id and an md5, and its `last_updated`."""
-        info = await self.set_info(set_id)
+        info = await self.set_info(set_id, background=background)
         difficulties = []
         for beatmap in info.get("beatmaps") or ():
             if not isinstance(beatmap, dict):
@@ -371,10 +371,12 @@ class OsuApiSource(Source):
             difficulties,
         )
 
-    async def beatmap_file(self, beatmap_id: int, md5: str, *, longest: float = math.inf) -> bytes:
-        """`/osu/<beatmap id>`, paced (waiting up to `longest`, within the caller's deadline)
-        and checked against md5 when one is given (SourceMismatch)."""
-        await self._pace(self.files_pacer, longest=longest, what=".osu file")
+    async def beatmap_file(
+        self, beatmap_id: int, md5: str, *, background: bool = False, longest: float = math.inf
+    ) -> bytes:
+        """`/osu/<beatmap id>`, paced (waiting up to `longest`, within the caller's deadline;
+        in the background, behind readers) and checked against md5 when one is given."""
+        await self._pace(self.files_pacer, background=background, longest=longest, what=".osu file")
         async with self.stream("GET", f"{self._root}/osu/{beatmap_id}") as response:
             data = await _read_body(response, MAX_OSU_SIZE)
         if md5 and hashlib.md5(data).hexdigest() != md5.lower():

@@ -302,11 +302,14 @@ class Source:
         """A .osu file's bytes without its archive (the metadata tier), if the source has it."""
         return None
 
-    async def set_difficulties(self, set_id: int) -> SetDifficulties | None:
-        """The set's difficulties from metadata (with `serves_difficulties`); None otherwise."""
+    async def set_difficulties(
+        self, set_id: int, *, background: bool = False
+    ) -> SetDifficulties | None:
+        """The set's difficulties from metadata (with `serves_difficulties`); None otherwise.
+        Background work (reading ahead) lets readers go first."""
         return None
 
-    async def beatmap_file(self, beatmap_id: int, md5: str) -> bytes:
+    async def beatmap_file(self, beatmap_id: int, md5: str, *, background: bool = False) -> bytes:
         """A difficulty's .osu bytes by beatmap id, checked against md5 (SourceMismatch)."""
         raise OsufsError.io(f"{self.label}: serves no .osu files by beatmap id")
 
