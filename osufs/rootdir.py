@@ -43,7 +43,7 @@ class RootListing:
             if stamp != self._stamp:
                 # Stamped before reading: a change while building is seen by the next call.
                 self._entries = await trio.to_thread.run_sync(self._build)
-            self._stamp = stamp  # the same sets in a reread file: compared by identity from now
+            self._stamp = stamp
             return self._entries
 
     def _build(self) -> RootEntries:
