@@ -78,12 +78,11 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, library: Library) -> None:
+    def __init__(self, library: Library, owner: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.library = library
         self._root = RootListing(library)
-        self._uid = os.getuid()
-        self._gid = os.getgid()
+        self._uid, self._gid = owner or (os.getuid(), os.getgid())
 
     # attributes
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import resource
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -117,16 +118,29 @@ def raise_open_file_limit() -> None:
             log.warning("cannot raise the open file limit from %d: %s", soft, error)
 
 
+def mount_owner() -> tuple[int, int]:
+    """Whose the files are: the user who ran `sudo osufs mount`, since the mount is for them
+    (a root-mounted kernel overlay is otherwise of no use to an osu! run as a desktop user);
+    else this process's user."""
+    uid, gid = os.environ.get("SUDO_UID", ""), os.environ.get("SUDO_GID", "")
+    if os.geteuid() == 0 and uid.isdigit() and gid.isdigit():
+        return int(uid), int(gid)
+    return os.getuid(), os.getgid()
+
+
 async def run_mount(config: MountConfig, ready: Callable[[], None] = lambda: None) -> None:
     """Mount, serve until unmounted or signalled, then unmount and close everything.
 
     Raises OverlayError when the writable layer cannot start (after undoing the rest)."""
     raise_open_file_limit()
+    owner = mount_owner()
+    if owner != (os.getuid(), os.getgid()):
+        log.info("files are shown as owned by uid %d, gid %d (who ran sudo)", *owner)
     layer = None
     if config.writable is not None:
         layout = overlay.plan(config.mountpoint, config.writable)
         overlay.clear_stale(layout)
-        layer = Writable(layout, engine=config.overlay, allow_other=config.allow_other)
+        layer = Writable(layout, engine=config.overlay, allow_other=config.allow_other, owner=owner)
     failures: list[OverlayError] = []
     async with open_library(config) as library:
         if library.store.catalogue_count() == 0 and library.sources:
@@ -134,9 +148,9 @@ async def run_mount(config: MountConfig, ready: Callable[[], None] = lambda: Non
             with trio.move_on_after(config.fetch_timeout):
                 await library.refresh_catalogue()
         if layer is None:
-            operations, target = Operations(library), config.mountpoint
+            operations, target = Operations(library, owner), config.mountpoint
         else:
-            operations, target = LowerOperations(library), layer.layout.lower
+            operations, target = LowerOperations(library, owner), layer.layout.lower
         pyfuse3.init(operations, str(target), fuse_options(config))
         try:
             async with trio.open_nursery() as nursery:

@@ -19,6 +19,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -416,6 +417,54 @@ def test_missing_fuse_overlayfs_says_what_to_install(tmp_path: Path):
     assert result.returncode != 0
     assert "install the fuse-overlayfs package" in result.stderr
     assert overlay.mounted_at(tmp_path / "mnt") is None
+
+
+NOBODY = 65534
+
+
+@needs_kernel
+def test_a_sudo_mount_is_for_who_ran_sudo(server: Server, archives: Path, tmp_path: Path):
+    """`sudo osufs mount --writable`: the kernel's overlay, with the library owned by the user
+    who ran sudo, who reads, updates, deletes and imports through it as osu! would."""
+    public = Path(tempfile.mkdtemp(prefix="osufs-sudo-"))
+    public.chmod(0o755)  # the user must reach the mountpoint; tmp_path is root's alone
+    mountpoint = public / "Songs"
+    env = {**runtime_env(tmp_path), "SUDO_UID": str(NOBODY), "SUDO_GID": str(NOBODY)}
+    original = expected_members(archives / "1.osz")
+    gone = next(n for n in sorted(original) if n.endswith(".osu") and n != RENATUS)
+    as_user = 'cat "$1/$2" >/dev/null && printf updated >"$1/$2" && rm "$1/$3" && mkdir "$4" && printf new >"$4/a.osu"'  # noqa: E501
+    try:
+        with mounted(
+            mountpoint,
+            tmp_path / "cache",
+            tmp_path / "mount.log",
+            "--source",
+            f"hexide={server.url}",
+            "--writable",
+            str(tmp_path / "layer"),
+            "--overlay",
+            "kernel",
+            env=env,
+        ) as mount:
+            folder = folder_of(mountpoint, 1)
+            assert os.stat(folder / RENATUS).st_uid == NOBODY
+            new = mountpoint / "999 New - Set"
+            done = subprocess.run(
+                ["sh", "-c", as_user, "sh", str(folder), RENATUS, gone, str(new)],
+                user=NOBODY,
+                group=NOBODY,
+                capture_output=True,
+                text=True,
+            )
+            assert done.returncode == 0, done.stderr
+            assert (folder / RENATUS).read_bytes() == b"updated"
+            assert not (folder / gone).exists()
+            assert (new / "a.osu").stat().st_uid == NOBODY
+            assert "owned by uid 65534" in mount.log()
+    finally:
+        unmount_all(mountpoint)
+        shutil.rmtree(public, ignore_errors=True)
+    assert os.stat(tmp_path / "layer" / "upper").st_uid == NOBODY
 
 
 @needs_kernel

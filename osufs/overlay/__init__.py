@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import stat
 from collections.abc import Callable
 
@@ -74,10 +75,18 @@ class Writable:
     """The writable layer by the engine chosen: mounted over the lower mount, watched until
     unmounted, then unmounted (the caller unmounts the lower mount after it)."""
 
-    def __init__(self, layout: Layout, *, engine: str = "auto", allow_other: bool = False) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        *,
+        engine: str = "auto",
+        allow_other: bool = False,
+        owner: tuple[int, int] | None = None,
+    ) -> None:
         self.layout = layout
         self.choice = engine
         self.allow_other = allow_other
+        self.owner = owner or (os.getuid(), os.getgid())
         self._engine: KernelOverlay | FuseOverlay | None = None
         self._stopping = False
 
@@ -85,7 +94,7 @@ class Writable:
         """Mount, call on_mounted once the overlay is up, return when it is unmounted.
 
         Raises OverlayError when no engine could mount it."""
-        share_root(self.layout, self.allow_other)
+        share_root(self.layout, self.allow_other, self.owner)
         if self.choice == kernel.NAME or (self.choice == "auto" and kernel.may_mount()):
             try:
                 await self._start(KernelOverlay(self.layout), on_mounted)

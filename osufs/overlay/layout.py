@@ -102,7 +102,11 @@ def plan(mountpoint: Path, writable: Path) -> Layout:
     return layout
 
 
-def share_root(layout: Layout, allow_other: bool) -> None:
-    """The merged root takes the upper directory's mode in both engines: 0700 keeps the mount
-    to its owner, as FUSE does without allow_other (a kernel overlay has no such option)."""
+def share_root(layout: Layout, allow_other: bool, owner: tuple[int, int]) -> None:
+    """The merged root takes the upper directory's owner and mode in both engines: 0700 keeps
+    the mount to its owner, as FUSE does without allow_other (a kernel overlay has no such
+    option). The owner is the library's (who ran sudo, for a root mount)."""
+    if (layout.upper.stat().st_uid, layout.upper.stat().st_gid) != owner:
+        os.chown(layout.writable, *owner)
+        os.chown(layout.upper, *owner)
     layout.upper.chmod(0o755 if allow_other else 0o700)
