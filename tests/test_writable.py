@@ -99,11 +99,18 @@ def unmount_all(mountpoint: Path) -> None:
 
 @contextlib.contextmanager
 def writable_mount(
-    tmp_path: Path, server: Server, *extra: str, engine: str, module: str = "osufs"
+    tmp_path: Path,
+    server: Server,
+    *extra: str,
+    engine: str,
+    module: str = "osufs",
+    mountpoint: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Mount]:
-    """A writable mount of the test's library by engine; the overlay and the lower mount are
-    always gone afterwards (unmounted lazily here if the mount process did not manage it)."""
-    mountpoint = tmp_path / "mnt"
+    """A writable mount of the test's library by engine (at tmp_path/mnt unless given); the
+    overlay and the lower mount are always gone afterwards (unmounted lazily here if the mount
+    process did not manage it)."""
+    mountpoint = mountpoint or tmp_path / "mnt"
     try:
         with mounted(
             mountpoint,
@@ -116,7 +123,7 @@ def writable_mount(
             "--overlay",
             engine,
             *extra,
-            env=runtime_env(tmp_path),
+            env={**runtime_env(tmp_path), **(env or {})},
             module=module,
         ) as mount:
             if engine != "auto":
@@ -429,22 +436,13 @@ def test_a_sudo_mount_is_for_who_ran_sudo(server: Server, archives: Path, tmp_pa
     public = Path(tempfile.mkdtemp(prefix="osufs-sudo-"))
     public.chmod(0o755)  # the user must reach the mountpoint; tmp_path is root's alone
     mountpoint = public / "Songs"
-    env = {**runtime_env(tmp_path), "SUDO_UID": str(NOBODY), "SUDO_GID": str(NOBODY)}
+    env = {"SUDO_UID": str(NOBODY), "SUDO_GID": str(NOBODY)}
     original = expected_members(archives / "1.osz")
     gone = next(n for n in sorted(original) if n.endswith(".osu") and n != RENATUS)
     as_user = 'cat "$1/$2" >/dev/null && printf updated >"$1/$2" && rm "$1/$3" && mkdir "$4" && printf new >"$4/a.osu"'  # noqa: E501
     try:
-        with mounted(
-            mountpoint,
-            tmp_path / "cache",
-            tmp_path / "mount.log",
-            "--source",
-            f"hexide={server.url}",
-            "--writable",
-            str(tmp_path / "layer"),
-            "--overlay",
-            "kernel",
-            env=env,
+        with writable_mount(
+            tmp_path, server, engine="kernel", mountpoint=mountpoint, env=env
         ) as mount:
             folder = folder_of(mountpoint, 1)
             assert os.stat(folder / RENATUS).st_uid == NOBODY
@@ -462,7 +460,6 @@ def test_a_sudo_mount_is_for_who_ran_sudo(server: Server, archives: Path, tmp_pa
             assert (new / "a.osu").stat().st_uid == NOBODY
             assert "owned by uid 65534" in mount.log()
     finally:
-        unmount_all(mountpoint)
         shutil.rmtree(public, ignore_errors=True)
     assert os.stat(tmp_path / "layer" / "upper").st_uid == NOBODY
 
@@ -472,25 +469,12 @@ def test_auto_takes_the_kernel_where_it_may(server: Server, tmp_path: Path):
     """As root `auto` mounts the kernel's overlayfs, and needs no fuse-overlayfs for it."""
     bare = tmp_path / "bin"
     bare.mkdir()
-    mountpoint = tmp_path / "mnt"
-    try:
-        with mounted(
-            mountpoint,
-            tmp_path / "cache",
-            tmp_path / "mount.log",
-            "--source",
-            f"hexide={server.url}",
-            "--writable",
-            str(tmp_path / "layer"),
-            env={**runtime_env(tmp_path), "PATH": str(bare)},
-        ) as mount:
-            assert engine_of(mount) == "kernel"
-            (mountpoint / "new.txt").write_bytes(MARKER)
-    finally:
-        unmount_all(mountpoint)
+    with writable_mount(tmp_path, server, engine="auto", env={"PATH": str(bare)}) as mount:
+        assert engine_of(mount) == "kernel"
+        (mount.mountpoint / "new.txt").write_bytes(MARKER)
     assert (tmp_path / "layer" / "upper" / "new.txt").read_bytes() == MARKER
     assert "by the kernel's overlayfs" in mount.log()
-    assert not overlay.lower_mounts(mountpoint)
+    assert not overlay.lower_mounts(mount.mountpoint)
 
 
 @needs_fuse_overlayfs
