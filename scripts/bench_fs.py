@@ -33,13 +33,11 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +48,7 @@ sys.path.insert(0, str(REPO))
 from osufs.names import set_folder_name  # noqa: E402
 from osufs.samples import build_sample_library  # noqa: E402
 from osufs.store import CatalogueRecord, Store  # noqa: E402
+from tests.helpers import Server  # noqa: E402
 
 PYTHON = sys.executable
 CORPUS = REPO.parent / "shared" / "corpus" / "osu"
@@ -130,46 +129,6 @@ class Mount:
         self._log.close()
 
 
-class Server:
-    """`osufs serve FOLDER` on a free loopback port."""
-
-    def __init__(self, folder: Path, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.log_path = log_path
-        self.process = subprocess.Popen(
-            [PYTHON, "-m", "osufs", "serve", str(folder), "--port", str(self.port)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"osufs serve exited:\n{log_path.read_text(errors='replace')}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{self.url}/_stats", timeout=1) as answer,
-            ):
-                if answer.status == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("osufs serve did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-
 class Teardown:
     """Everything started, stopped in reverse order, each once."""
 
@@ -192,12 +151,6 @@ class Teardown:
                 item.stop()
             except Exception as error:  # keep tearing down the rest
                 log(f"teardown: {error}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def mounts_under(folder: Path) -> list[str]:

@@ -56,6 +56,10 @@ class Server:
     def stats(self) -> dict:
         return httpx.get(f"{self.url}/_stats", timeout=5).json()
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
