@@ -32,9 +32,10 @@ from osufs.archive import (
     parse_central_directory,
     read_members,
 )
+from tests.helpers import SHARED
 from tests.hostile import Raw, build_zip
 
-CORPUS = Path("/work/shared/corpus/real")
+CORPUS = SHARED / "corpus" / "real"
 REAL = sorted(CORPUS.glob("*.osz"))
 LIMITS = Limits()
 

@@ -21,8 +21,9 @@ from osufs.listing import (
     provisional_listing,
 )
 from osufs.names import case_key, decode_names, is_junk, normalise_path
+from tests.helpers import SHARED
 
-CORPUS = Path("/work/shared/corpus/real")
+CORPUS = SHARED / "corpus" / "real"
 
 
 def member(name: str | bytes, mtime: int = 0, size: int = 1, offset: int = 0) -> ZipMember:

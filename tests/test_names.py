@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,8 +16,9 @@ from osufs.names import (
     numbered_name,
     set_folder_name,
 )
+from tests.helpers import SHARED
 
-CORPUS = Path("/work/shared/corpus/real")
+CORPUS = SHARED / "corpus" / "real"
 SONGS = len("C:\\osu!\\Songs\\")
 
 
