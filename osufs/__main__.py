@@ -1,3 +1,3 @@
 from osufs.cli import main
 
-main()
+main(prog_name="osufs")

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -19,6 +19,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from osufs.store import Store, StoreError
+
+if TYPE_CHECKING:
+    from osufs.prefetch import SetIds
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b)?\s*", re.IGNORECASE)
 _UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
@@ -80,7 +83,7 @@ def _open(cache_dir: Path | None) -> Iterator[Store]:
         store.close()
 
 
-def _ids(specs: tuple[str, ...]) -> list[int]:
+def _ids(specs: tuple[str, ...]) -> SetIds:
     from osufs.prefetch import parse_ids
 
     try:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
+import socket
 import stat
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import platformdirs
@@ -118,7 +121,44 @@ def default_cache_dir() -> Path:
     return platformdirs.user_cache_path("osufs")
 
 
-@click.group()
+def usable_cache_dir(cache_dir: Path | None) -> Path:
+    """The cache directory, created if need be; a Mistake when it cannot be."""
+    cache_dir = cache_dir or default_cache_dir()
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise Mistake(f"cannot use {cache_dir} as the cache: {error.strerror}") from None
+    return cache_dir
+
+
+class Mistake(click.ClickException):
+    """A command-line mistake the user can fix: one line on stderr and exit code 2."""
+
+    exit_code = 2
+
+
+class OneLineGroup(click.Group):
+    """Every error is one line on stderr, "Error: ...", never a usage block or a traceback:
+    exit code 2 for what was typed wrong, the error's own code for the rest."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.Abort:
+            click.echo("Error: interrupted", err=True)
+            sys.exit(1)
+        except click.ClickException as error:
+            code = 2 if isinstance(error, click.UsageError) else error.exit_code
+            text = " ".join(error.format_message().split())
+            if isinstance(error, click.UsageError) and error.ctx is not None:
+                text += f" (see {error.ctx.command_path} --help)"
+            click.echo(f"Error: {text}", err=True)
+            sys.exit(code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=OneLineGroup)
 @click.option(
     "--config",
     "config_path",
@@ -143,10 +183,19 @@ main.add_command(cache)
 
 
 def _parse_sources(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]):
-    try:
-        return [SourceSpec.parse(value) for value in values]
-    except ValueError as error:
-        raise click.BadParameter(str(error)) from None
+    specs = []
+    for value in values:
+        try:
+            spec = SourceSpec.parse(value)
+        except ValueError as error:
+            raise click.BadParameter(str(error)) from None
+        parts = urlsplit(spec.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise click.BadParameter(
+                f"{value!r}: {spec.url!r} is not an http:// or https:// URL with a host"
+            )
+        specs.append(spec)
+    return specs
 
 
 LIBRARY_OPTIONS = [
@@ -163,7 +212,12 @@ LIBRARY_OPTIONS = [
         "osu! API at https://osu.ppy.sh: names, the set list, .osu files; no archives). "
         "See docs/sources.md.",
     ),
-    click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path)),
+    click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Where fetched files and the index are kept. [default: "
+        f"{platformdirs.user_cache_path('osufs')}]",
+    ),
     click.option(
         "--cache-size",
         callback=size_option,
@@ -233,7 +287,7 @@ LIBRARY_OPTIONS = [
         help="Highest compression ratio of a file over 4 MiB; a higher one is taken for a "
         "zip bomb and fails with EFBIG, unread. [default: 200]",
     ),
-    click.option("--debug", is_flag=True),
+    click.option("--debug", is_flag=True, help="Log every step, not only what matters."),
 ]
 
 
@@ -262,11 +316,7 @@ def library_config(
     setup_logging(debug, cookie, client[1] if client else None)
     if settings.get("catalogue_query") is None:
         settings["catalogue_query"] = ""
-    cache_dir = cache_dir or default_cache_dir()
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise click.UsageError(f"cannot use {cache_dir} as the cache: {error.strerror}") from None
+    cache_dir = usable_cache_dir(cache_dir)
     return MountConfig(
         cache_dir=cache_dir,
         sources=sources,
@@ -307,6 +357,11 @@ def library_config(
     "fuse-overlayfs (any user; needs the fuse-overlayfs package), or auto (the kernel's where "
     "it may mount, else fuse-overlayfs).",
 )
+@click.option(
+    "--allow-non-empty",
+    is_flag=True,
+    help="Mount over a folder that holds files (they are hidden while mounted).",
+)
 @click.option("--foreground", "-f", is_flag=True, help="Stay attached; Ctrl-C unmounts.")
 @click.option("--ready-fd", type=int, hidden=True)
 def mount(
@@ -315,6 +370,7 @@ def mount(
     allow_other: bool,
     read_ahead: int,
     writable: Path | None,
+    allow_non_empty: bool,
     foreground: bool,
     ready_fd: int | None,
     **options: Any,
@@ -322,13 +378,20 @@ def mount(
     """Mount the library at MOUNTPOINT."""
     if not mountpoint.is_dir():
         raise click.UsageError(f"{mountpoint} is not a directory")
-    if writable is None and os.path.ismount(mountpoint):
+    mounted = os.path.ismount(mountpoint)
+    if writable is None and mounted:
         # Linux would stack a second mount on top; nobody wants that. (With --writable,
         # clear_stale says so, or takes down the overlay a killed mount left.)
         raise click.UsageError(f"{mountpoint} is mounted already; osufs umount it first")
+    if not (mounted or allow_non_empty) and _holds_files(mountpoint):
+        raise click.UsageError(
+            f"{mountpoint} is not empty; its files would be hidden while mounted (mount on "
+            "an empty folder, or pass --allow-non-empty)"
+        )
     if not options["sources"] and not offline:
         raise click.UsageError("give at least one --source (or --offline to serve the cache)")
     read_cookie(options["cookie_file"])  # refuse a readable cookie file before detaching
+    usable_cache_dir(options["cache_dir"])
     if writable is not None:
         try:  # say what is missing or wrong before detaching
             overlay.check_engine(options["overlay"])
@@ -363,7 +426,13 @@ def mount(
 @library_options
 @click.option("--only", type=click.Choice(["osu"]), help="Only the .osu files of each set.")
 @click.option("--all", "whole", is_flag=True, help="Whole sets (the default).")
-@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="Sets fetched at once.",
+)
 def prefetch(
     ids: tuple[str, ...], only: str | None, whole: bool, concurrency: int, **options: Any
 ) -> None:
@@ -422,6 +491,14 @@ def prefetch(
         sys.exit(1)
 
 
+def _holds_files(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return any(True for _ in entries)
+    except OSError as error:
+        raise click.UsageError(f"cannot read {folder}: {error.strerror}") from None
+
+
 def _size(count: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if count < 1024 or unit == "GiB":
@@ -468,7 +545,7 @@ def _mount_in_background(mountpoint: Path) -> None:
     last: list[str] = []
     with contextlib.suppress(OSError):  # the child's own last words, usually "Error: ..."
         last = log_path.read_text(errors="replace").strip().splitlines()[-1:]
-    said = f": {last[0]}" if last else ""
+    said = f": {last[0].removeprefix('Error: ')}" if last else ""
     raise click.ClickException(f"the mount did not start{said} (log: {log_path})")
 
 
@@ -476,6 +553,8 @@ def _mount_in_background(mountpoint: Path) -> None:
 @click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def umount(mountpoint: Path) -> None:
     """Unmount MOUNTPOINT (with its writable layer, the overlay and then the library)."""
+    if overlay.mounted_at(mountpoint) is None and not overlay.lower_mounts(mountpoint):
+        raise click.UsageError(f"{mountpoint} is not mounted")
     try:
         overlay.unmount(mountpoint)
     except overlay.OverlayError as error:
@@ -484,7 +563,13 @@ def umount(mountpoint: Path) -> None:
 
 @main.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--port", type=int, default=8727, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8727,
+    show_default=True,
+    help="TCP port to listen on (0: any free one).",
+)
 @click.option(
     "--host",
     default="127.0.0.1",
@@ -510,7 +595,7 @@ def umount(mountpoint: Path) -> None:
     help="Cap on body bytes per second that all answers share (to emulate a client's link).",
 )
 @click.option("--no-ranges", is_flag=True, help="Ignore Range headers, like a plain mirror.")
-@click.option("--debug", is_flag=True)
+@click.option("--debug", is_flag=True, help="Log every step, not only what matters.")
 def serve(
     folder: Path,
     port: int,
@@ -523,8 +608,24 @@ def serve(
 ) -> None:
     """Serve a folder of <id>.osz files over the Hexide mirror API."""
     from osufs.server import serve as serve_folder
+    from osufs.server import survey
 
     setup_logging(debug)
+    _check_port(host, port)
+    try:
+        found = survey(folder)
+    except OSError as error:
+        raise Mistake(f"cannot read {folder}: {error.strerror}") from None
+    for name, why in found.skipped[:SKIPPED_SHOWN]:
+        log.warning("skipping %s: %s", name, why)
+    if len(found.skipped) > SKIPPED_SHOWN:
+        log.warning("and %d more skipped", len(found.skipped) - SKIPPED_SHOWN)
+    log.info(
+        "%d archives to serve from %s, %d files skipped",
+        len(found.served),
+        folder,
+        len(found.skipped),
+    )
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
@@ -543,15 +644,48 @@ def serve(
             log.info("serving %s on http://%s:%d", folder, host, bound)
 
     with contextlib.suppress(KeyboardInterrupt):
-        trio.run(run)
+        try:
+            trio.run(run)
+        except* OSError as group:  # the port was taken between the check and the bind
+            raise Mistake(f"cannot listen on {host}:{port}: {_first_reason(group)}") from None
+
+
+SKIPPED_SHOWN = 20
+
+
+def _check_port(host: str, port: int) -> None:
+    """A Mistake, before anything starts, when host:port cannot be listened on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as hypercorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            why = "the port is in use" if error.errno == errno.EADDRINUSE else error.strerror
+            raise Mistake(f"cannot listen on {host}:{port}: {why}") from None
+        except socket.gaierror as error:
+            raise Mistake(f"cannot listen on {host}:{port}: {error.strerror}") from None
+
+
+def _first_reason(group: BaseExceptionGroup) -> str:
+    error = group.exceptions[0]
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return getattr(error, "strerror", None) or str(error)
 
 
 @main.command()
 @click.argument(
     "mountpoint", type=click.Path(file_okay=False, path_type=Path), default="osufs-demo"
 )
-@click.option("--sets", type=click.IntRange(1, 1000), default=36, show_default=True)
-@click.option("--debug", is_flag=True)
+@click.option(
+    "--sets",
+    type=click.IntRange(1, 1000),
+    default=36,
+    show_default=True,
+    help="How many sample sets the demo library holds.",
+)
+@click.option("--debug", is_flag=True, help="Log every step, not only what matters.")
 def demo(mountpoint: Path, sets: int, debug: bool) -> None:
     """Build a sample library, serve it on loopback and mount it; Ctrl-C stops."""
     from osufs.samples import build_sample_library

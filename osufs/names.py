@@ -11,6 +11,7 @@ from osufs.archive import ZipMember
 __all__ = [
     "LEGACY_CODEPAGES",
     "MAX_COMPONENT_BYTES",
+    "MAX_SET_ID",
     "MEMBER_ROOM",
     "case_key",
     "clean_filename",
@@ -22,6 +23,9 @@ __all__ = [
 ]
 
 MAX_COMPONENT_BYTES = 255
+# The largest set id: an inode holds the set id in its upper 32 bits, and osu! ids are signed
+# 32-bit numbers.
+MAX_SET_ID = 2**31 - 1
 # Tried in this order; earlier wins ties. cp932 first because osu! stable and lazer use it.
 LEGACY_CODEPAGES = ("cp932", "cp437", "cp1252", "cp949", "cp936", "cp1251")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import trio
@@ -18,23 +18,58 @@ import trio
 from osufs.errors import OsufsError
 from osufs.library import Library
 from osufs.mount import MountConfig, open_library
+from osufs.names import MAX_SET_ID
 
 log = logging.getLogger(__name__)
 
 
-def parse_ids(specs: Iterable[str]) -> list[int]:
-    """Set ids from `123`, `1-5000` and comma-separated lists of those, in order, once each."""
-    ids: dict[int, None] = {}
-    for spec in specs:
-        for part in filter(None, spec.split(",")):
-            first, sep, last = part.partition("-")
-            if not first.isdigit() or (sep and not last.isdigit()):
-                raise ValueError(f"not a set id or range: {part!r}")
-            low, high = int(first), int(last) if sep else int(first)
-            if low < 1 or high < low:
-                raise ValueError(f"empty or invalid range: {part!r}")
-            ids.update(dict.fromkeys(range(low, high + 1)))
-    return list(ids)
+class SetIds:
+    """Set ids from `123`, `1-5000` and comma-separated lists of those, in order, once each.
+
+    Held as ranges and streamed: `1-2000000000` costs a few bytes, not a list of two billion."""
+
+    def __init__(self, specs: Iterable[str]) -> None:
+        self._ranges: list[tuple[int, int]] = []  # each less the ranges before it, in order
+        for spec in specs:
+            for part in filter(None, spec.split(",")):
+                self._add(*_parse_range(part))
+
+    def _add(self, low: int, high: int) -> None:
+        pieces = [(low, high)]
+        for taken_low, taken_high in self._ranges:
+            pieces = [
+                piece
+                for first, last in pieces
+                for piece in ((first, min(last, taken_low - 1)), (max(first, taken_high + 1), last))
+                if piece[0] <= piece[1]
+            ]
+        self._ranges += pieces
+
+    def __len__(self) -> int:
+        return sum(high - low + 1 for low, high in self._ranges)
+
+    def __iter__(self) -> Iterator[int]:
+        for low, high in self._ranges:
+            yield from range(low, high + 1)
+
+
+def _parse_range(part: str) -> tuple[int, int]:
+    first, sep, last = part.partition("-")
+    if not first.isdigit() or (sep and not last.isdigit()):
+        raise ValueError(f"not a set id or range: {part!r}")
+    for digits in (first, last):
+        # Digits only, so the length bounds the value before int() reads a huge number.
+        if len(digits.lstrip("0")) > len(str(MAX_SET_ID)) or int(digits or 0) > MAX_SET_ID:
+            raise ValueError(f"set id {digits} is beyond {MAX_SET_ID}, the largest there is")
+    low, high = int(first), int(last) if sep else int(first)
+    if low < 1 or high < low:
+        raise ValueError(f"empty or invalid range: {part!r}")
+    return low, high
+
+
+def parse_ids(specs: Iterable[str]) -> SetIds:
+    """The set ids `specs` name (see SetIds); ValueError for anything else."""
+    return SetIds(specs)
 
 
 @dataclass
@@ -48,7 +83,7 @@ class PrefetchTally:
 
 async def prefetch(
     config: MountConfig,
-    ids: list[int],
+    ids: Iterable[int],
     *,
     only_osu: bool,
     concurrency: int,
