@@ -45,7 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from osufs import archive
 from osufs.archive import ArchiveError, Limits, MemberError, ZipMember
 from osufs.listing import SetListing, build_listing
-from osufs.names import set_folder_name
+from osufs.names import MAX_SET_ID, set_folder_name
 from osufs.osufile import VIDEO_EXTENSIONS, OsuMetadata, parse_osu, referenced_files
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "parse_range",
     "serve",
     "serve_app",
+    "survey",
 ]
 
 log = logging.getLogger(__name__)
@@ -575,7 +576,7 @@ class _Folder:
         with contextlib.suppress(FileNotFoundError), os.scandir(self.folder) as it:
             for entry in it:
                 match = _OSZ_NAME.fullmatch(entry.name)
-                if match and entry.is_file():
+                if match and 1 <= int(match.group(1)) <= MAX_SET_ID and entry.is_file():
                     found.append(int(match.group(1)))
         return sorted(found)
 
@@ -671,6 +672,47 @@ class _Folder:
             self._tmp = None
 
 
+# What is served
+
+
+@dataclass(frozen=True, slots=True)
+class Survey:
+    """What a folder offers: the set ids of its readable archives, and each file left out
+    with why."""
+
+    served: list[int]
+    skipped: list[tuple[str, str]]
+
+
+def survey(folder: Path, limits: Limits | None = None) -> Survey:
+    """Read every archive's directory (blocking): what `serve` will answer for, and what not."""
+    limits = limits or Limits()
+    served: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    with os.scandir(folder) as found:
+        entries = sorted(found, key=lambda entry: entry.name)
+    for entry in entries:
+        if not entry.name.lower().endswith(".osz") or not entry.is_file():
+            continue
+        match = _OSZ_NAME.fullmatch(entry.name)
+        if match is None:
+            skipped.append((entry.name, "not named <set id>.osz"))
+            continue
+        set_id = int(match.group(1))
+        if not 1 <= set_id <= MAX_SET_ID:
+            skipped.append((entry.name, f"set ids run from 1 to {MAX_SET_ID}"))
+            continue
+        try:
+            with open(entry.path, "rb") as file:
+                archive.read_members(file, limits)
+        except (ArchiveError, OSError) as error:
+            skipped.append((entry.name, f"not a readable zip archive: {error}"))
+            continue
+        served.append(set_id)
+    served.sort()
+    return Survey(served, skipped)
+
+
 # Endpoints
 
 
@@ -723,11 +765,13 @@ async def download(request: Request, *, novid: bool) -> Response:
     set_id = int(request.path_params["set_id"])
     request.app.state.stats.downloads[set_id] += 1
     folder = _folder(request)
-    path = folder.path(set_id)
+    # Every endpoint refuses what it cannot read, /download too: a mirror that passes on
+    # garbage with a 200 only moves the failure to the client.
+    index = await _set_or_error(request)
+    if isinstance(index, JSONResponse):
+        return index
+    path = index.path
     if novid:
-        index = await _set_or_error(request)
-        if isinstance(index, JSONResponse):
-            return index
         try:
             path = await folder.novid_path(index)
         except (ArchiveError, OSError) as error:

@@ -22,7 +22,7 @@ from osufs import archive
 from osufs.osufile import parse_osu
 from osufs.samples import build_sample_library
 from osufs.server import RangeNotSatisfiable, create_app, parse_range, serve, serve_app
-from tests.helpers import REAL_ARCHIVES
+from tests.helpers import REAL_ARCHIVES, Server
 from tests.test_samples import read_set
 
 SAMPLE_IDS = list(range(100001, 100007))
@@ -516,9 +516,31 @@ def test_broken_archive(tmp_path: Path, folder: Path) -> None:
 
     async def check(client: httpx.AsyncClient) -> None:
         assert [item["id"] for item in (await client.get("/beatmaps/")).json()] == [5]
-        response = await client.get("/beatmaps/8")
-        assert response.status_code == 422 and "error" in response.json()
-        # The bytes are still served as they are: the client judges them.
-        assert (await client.get("/beatmaps/8/download")).content.startswith(b"<html>")
+        for path in ("", "/download", "/download/novid", "/content/raw/layout"):
+            response = await client.get(f"/beatmaps/8{path}")
+            assert response.status_code == 422, path
+            assert "set 8: unreadable archive" in response.json()["error"]
+        assert (await client.get("/beatmaps/5/download")).status_code == 200
 
     run(tmp_path, check)
+
+
+def test_serve_says_what_it_serves_and_what_it_skips(tmp_path: Path, folder: Path) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copyfile(folder / "5.osz", served / "5.osz")
+    shutil.copyfile(folder / "4.osz", served / "12.osz")
+    (served / "1.osz").write_bytes(b"PK\x03\x04 but nothing after")
+    shutil.copyfile(folder / "5.osz", served / "my set.osz")
+    (served / "notes.txt").write_text("not an archive, and not named like one")
+    server = Server(served, tmp_path / "serve.log")
+    try:
+        assert [item["id"] for item in httpx.get(f"{server.url}/beatmaps/").json()] == [5, 12]
+        assert httpx.get(f"{server.url}/beatmaps/1/download").status_code == 422
+    finally:
+        server.stop()
+    said = (tmp_path / "serve.log").read_text()
+    assert "2 archives to serve from" in said and "2 files skipped" in said
+    assert "skipping 1.osz: not a readable zip archive" in said
+    assert "skipping my set.osz: not named <set id>.osz" in said
+    assert "notes.txt" not in said
