@@ -1,15 +1,17 @@
 """A set's tree (`SetListing`): built from zip members, serialised into the index.
 
-Rules, each dropped or renamed member logged at WARNING:
+Rules, each dropped or renamed member logged at WARNING (OS clutter summed up in one INFO line):
 - names are decoded (`decode_names`) and normalised (`normalise_path`); a name that climbs
   ("..") or leaves nothing is dropped, and so is OS clutter (`is_junk`, e.g. __MACOSX/);
 - directory members are dropped: directories come from the paths of the files below them, so
   every intermediate directory exists and empty ones vanish;
 - the same path twice: the later member wins, as with unzip;
-- osu! runs on case-insensitive Windows, so directories differing only in case are merged under
-  the first spelling (as extracting on Windows does, keeping every reference working), and a
-  file whose name differs only in case from an earlier kept name, or equals a directory's (the
-  directory wins), is kept as `stem (n).ext` with the smallest free n, as mount-zip does;
+- directories differing only in case are merged under the first spelling (as extracting on
+  Windows does, keeping every reference to either working); files keep their exact names, as
+  unzip on Linux does, so `BG.png` and `bg.png` are both there and a .osu naming either finds
+  its own bytes (Wine tries the exact name before any other case). A file whose name equals
+  another's in the same (merged) directory, or a directory's (the directory wins), is kept as
+  `stem (n).ext` with the smallest free n, as mount-zip does;
 - entries are sorted by casefolded path components, so parents precede children and the same
   members always give the same entries (and so the same inode numbers);
 - a directory's mtime is the newest mtime below it.
@@ -181,16 +183,16 @@ def build_listing(
 
 
 def provisional_listing(files: list[PinnedFile], mtime_ns: int) -> SetListing:
-    """A set's pinned difficulties, entries 1..N by name, all with the set's time; names
-    equal ignoring case are numbered like colliding members."""
+    """A set's pinned difficulties, entries 1..N by name, all with the set's time; equal names
+    are numbered like colliding members."""
     named: list[tuple[str, PinnedFile]] = []
     taken: set[str] = set()
     for file in sorted(files, key=lambda f: (f.name.casefold(), f.name, f.pin.beatmap_id)):
         name, n = file.name, 0
-        while case_key(name) in taken:
+        while name in taken:
             n += 1
             name = numbered_name(file.name, n)
-        taken.add(case_key(name))
+        taken.add(name)
         named.append((name, file))
     named.sort(key=lambda item: (item[0].casefold(), item[0]))
     entries = [Entry("", 0, True, 0, mtime_ns, -1)]
@@ -244,7 +246,7 @@ def complete_listing(
         else:
             log.info("%sthe archive adds %r, a difficulty not listed before it came", where, path)
             kept.append((path, number))
-    rest = _sorted_listing(members, _tree(kept, log, reserved=by_name))
+    rest = _sorted_listing(members, _tree(kept, log, reserved=[e.name for e in pinned]))
     offset = len(pinned)
     entries = [provisional.entries[0]]
     entries += [
@@ -266,6 +268,7 @@ def _member_paths(
     """(path, member index) of every member that becomes a file, in member order."""
     names = decode_names(members, references)
     by_path: dict[str, int] = {}
+    clutter = 0
     for i, (m, name) in enumerate(zip(members, names, strict=True)):
         if m.is_dir:
             continue
@@ -273,69 +276,65 @@ def _member_paths(
         if path is None:
             log.warning("dropping member %r: unsafe or empty name", name)
         elif is_junk(path):
-            log.warning("dropping member %r: operating-system clutter", name)
+            clutter += 1  # routine: most archives made on a Mac carry __MACOSX/
         else:
             if path in by_path:
                 earlier = names[by_path[path]]
                 log.warning("dropping member %r: a later member has the same path", earlier)
             by_path[path] = i
+    if clutter:
+        log.info("left out %d members of operating-system clutter (__MACOSX/ and such)", clutter)
     return sorted(by_path.items(), key=lambda item: item[1])
-
-
-_RESERVED = -1  # a top-level name held by a pinned entry
 
 
 def _tree(
     files: list[tuple[str, int]], log: logging.Logger, reserved: Collection[str] = ()
 ) -> list[tuple[str, int, int]]:
     """Nodes (name, parent node, member index or -1) of the files' tree; node 0 is the set
-    directory. `reserved` are case keys of top-level names already taken: a file or directory
-    that meets one is numbered."""
+    directory. `reserved` are top-level names already taken (pinned files): a file or
+    directory of that exact name is numbered."""
     nodes: list[tuple[str, int, int]] = [("", 0, -1)]
-    taken: dict[tuple[int, str], int] = {(0, key): _RESERVED for key in reserved}
-    moved: dict[tuple[int, str], int] = {}  # directories numbered away from a reserved name
+    folders: dict[tuple[int, str], int] = {}  # (parent, case key) -> directory node
+    taken: set[tuple[int, str]] = {(0, name) for name in reserved}  # exact names in use
     leaves: list[tuple[int, str, int]] = []
     for path, i in files:
         *dirs, leaf = path.split("/")
         parent = 0
         for name in dirs:
             key = (parent, case_key(name))
-            node = taken.get(key)
-            if node == _RESERVED:
-                node = moved.get(key)
-                if node is None:
-                    new = _free_name(taken, parent, name)
+            node = folders.get(key)
+            if node is None:
+                spelling = name
+                if (parent, name) in taken:
+                    spelling = _free_name(taken, parent, name)
                     log.warning(
-                        "renaming directory %r to %r: a listed file has its name", name, new
+                        "renaming directory %r to %r: a listed file has its name", name, spelling
                     )
-                    node = moved[key] = taken[parent, case_key(new)] = len(nodes)
-                    nodes.append((new, parent, -1))
-            elif node is None:
-                node = taken[key] = len(nodes)
-                nodes.append((name, parent, -1))
+                node = folders[key] = len(nodes)
+                taken.add((parent, spelling))
+                nodes.append((spelling, parent, -1))
             parent = node
         leaves.append((parent, leaf, i))
     # Directories are all placed before any file, so a file never displaces a directory; and
     # every file's own name is reserved before any collider is numbered.
     colliders = []
     for parent, leaf, i in leaves:
-        key = (parent, case_key(leaf))
-        if key in taken:
+        if (parent, leaf) in taken:
             colliders.append((parent, leaf, i))
         else:
-            taken[key] = len(nodes)
+            taken.add((parent, leaf))
             nodes.append((leaf, parent, i))
     for parent, leaf, i in colliders:
         new = _free_name(taken, parent, leaf)
-        log.warning("renaming member %r to %r: its name collides ignoring case", leaf, new)
-        taken[parent, case_key(new)] = len(nodes)
+        log.warning("renaming member %r to %r: its folder holds that name already", leaf, new)
+        taken.add((parent, new))
         nodes.append((new, parent, i))
     return nodes
 
 
-def _free_name(taken: dict[tuple[int, str], int], parent: int, name: str) -> str:
+def _free_name(taken: set[tuple[int, str]], parent: int, name: str) -> str:
     n = 1
-    while (parent, case_key(new := numbered_name(name, n))) in taken:
+    while (parent, new := numbered_name(name, n)) in taken:
         n += 1
     return new
 

@@ -149,9 +149,11 @@ def names_set() -> HostileSet:
         Raw(b"sb/dup.png", b"slash"),
         Raw(b"sb\\dup.png", b"backslash wins"),  # the same path after normalising
         Raw(b"Case.txt", b"first spelling"),
-        Raw(b"CASE.TXT", b"second spelling"),  # -> "CASE (1).TXT"
+        Raw(b"CASE.TXT", b"second spelling"),  # kept as it is, as unzip on Linux does
         Raw(b"Dir/a.txt", b"dir a"),
         Raw(b"DIR/b.txt", b"dir b"),  # directories merge under the first spelling
+        Raw(b"Dir/A.txt", b"dir A"),  # as well as Dir/a.txt
+        Raw(b"dir/a.txt", b"dir a again"),  # Dir/a.txt once the directories merge -> (1)
         Raw(b"clash", b"file"),  # a directory of the same name wins -> "clash (1)"
         Raw(b"clash/inner.txt", b"inner"),
         Raw("日本語.txt".encode(), b"utf-8", flags=0x800),
@@ -175,8 +177,10 @@ def names_set() -> HostileSet:
         "dup.txt": b"second",
         "sb/dup.png": b"backslash wins",
         "Case.txt": b"first spelling",
-        "CASE (1).TXT": b"second spelling",
+        "CASE.TXT": b"second spelling",
         "Dir/a.txt": b"dir a",
+        "Dir/A.txt": b"dir A",
+        "Dir/a (1).txt": b"dir a again",
         "Dir/b.txt": b"dir b",
         "clash (1)": b"file",
         "clash/inner.txt": b"inner",

@@ -44,11 +44,15 @@ def check_consistent(listing: SetListing) -> None:
     entries = listing.entries
     assert entries[0] == Entry("", 0, True, 0, entries[0].mtime_ns, -1)
     seen: set[tuple[int, str]] = set()
+    folders: set[tuple[int, str]] = set()
     for i, e in enumerate(entries[1:], 1):
         assert e.parent < i and entries[e.parent].is_dir
-        key = (e.parent, case_key(e.name))
-        assert key not in seen  # unique ignoring case within each directory
+        key = (e.parent, e.name)
+        assert key not in seen  # unique within each directory
         seen.add(key)
+        if e.is_dir:  # directories differing only in case are one
+            assert (e.parent, case_key(e.name)) not in folders
+            folders.add((e.parent, case_key(e.name)))
         assert listing.child(e.parent, e.name) == i
         assert i in listing.children(e.parent)
         path = listing.path(i)
@@ -61,7 +65,7 @@ def check_consistent(listing: SetListing) -> None:
         else:
             assert listing.members[e.member].size == e.size
     folded = [
-        tuple(p.casefold() for p in listing.path(i).split("/")) for i in range(1, len(entries))
+        tuple((p.casefold(), p) for p in listing.path(i).split("/")) for i in range(1, len(entries))
     ]
     assert folded == sorted(folded)
 
@@ -86,12 +90,15 @@ def test_japanese_name_listed() -> None:
     assert index is not None and listing.path(index) == "見本.ogg"
 
 
-def test_junk_hidden(caplog: pytest.LogCaptureFixture) -> None:
+def test_junk_hidden_and_summed_up_in_one_info_line(caplog: pytest.LogCaptureFixture) -> None:
     members = [member("bg.jpg"), member("__MACOSX/._bg.jpg"), member(".DS_Store")]
-    with caplog.at_level(logging.WARNING):
+    members += [member(f"__MACOSX/sb/._{n}.png") for n in range(20)]
+    with caplog.at_level(logging.INFO):
         listing = build_listing(members)
     assert tree(listing) == {"bg.jpg": "bg.jpg"}
-    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.INFO, "left out 22 members of operating-system clutter (__MACOSX/ and such)")
+    ]
 
 
 def test_unsafe_names_dropped(caplog: pytest.LogCaptureFixture) -> None:
@@ -134,38 +141,50 @@ def test_duplicate_after_normalising() -> None:
     assert listing.members[listing.entries[2].member].header_offset == 2
 
 
-def test_case_collisions_renamed() -> None:
-    members = [member("Audio.mp3", 1), member("audio.MP3", 2), member("AUDIO.mp3", 3)]
-    members.append(member("audio (1).MP3", 4))  # a real name is never displaced by a renamed one
+def test_names_differing_only_in_case_keep_their_spelling() -> None:
+    members = [member("BG.png", offset=1), member("bg.png", offset=2), member("Audio.mp3")]
+    members.append(member("audio.MP3"))
     listing = build_listing(members)
     check_consistent(listing)
     assert tree(listing) == {
         "Audio.mp3": "Audio.mp3",
-        "audio (1).MP3": "audio (1).MP3",
-        "audio (2).MP3": "audio.MP3",
-        "AUDIO (3).mp3": "AUDIO.mp3",
+        "audio.MP3": "audio.MP3",
+        "BG.png": "BG.png",
+        "bg.png": "bg.png",
     }
+    for name, offset in (("BG.png", 1), ("bg.png", 2)):
+        index = listing.child(0, name)
+        assert index is not None
+        assert listing.members[listing.entries[index].member].header_offset == offset
 
 
 def test_directories_differing_in_case_merge() -> None:
-    listing = build_listing([member("SB/a.png"), member("sb/b.png"), member("Sb/A.PNG")])
+    members = [member("SB/a.png"), member("sb/b.png"), member("Sb/A.PNG"), member("sb/a.png")]
+    members.append(member("SB/a (1).png"))  # a real name is never displaced by a numbered one
+    listing = build_listing(members)
     check_consistent(listing)
     assert tree(listing) == {
         "SB": None,
+        "SB/a (1).png": "SB/a (1).png",
+        "SB/a (2).png": "sb/a.png",  # the same name as SB/a.png once the folders are one
         "SB/a.png": "SB/a.png",
-        "SB/A (1).PNG": "Sb/A.PNG",
+        "SB/A.PNG": "Sb/A.PNG",
         "SB/b.png": "sb/b.png",
     }
 
 
 def test_directory_beats_file() -> None:
-    listing = build_listing([member("bg"), member("BG/x.png"), member("bg (1)")])
+    members = [member("bg"), member("bg/x.png"), member("bg (1)"), member("Sb"), member("SB/y")]
+    listing = build_listing(members)
     check_consistent(listing)
     assert tree(listing) == {
-        "BG": None,
-        "BG/x.png": "BG/x.png",
+        "bg": None,
         "bg (1)": "bg (1)",
         "bg (2)": "bg",
+        "bg/x.png": "bg/x.png",
+        "SB": None,
+        "SB/y": "SB/y",
+        "Sb": "Sb",  # a file and a folder differing in case, as on Linux
     }
 
 
@@ -288,17 +307,19 @@ def test_a_provisional_listing_pins_difficulties_by_name() -> None:
             pinned("B [Hard].osu", 30, 3, 3),
             pinned("a [Easy].osu", 10, 1, 1),
             pinned("b [hard].osu", 20, 2, 2),  # the same name ignoring case
+            pinned("a [Easy].osu", 15, 4, 4),  # the same name
         ],
         UPDATED,
     )
     assert listing.provisional and listing.members == []
     assert [(e.name, e.size, e.mtime_ns, e.member) for e in listing.entries[1:]] == [
+        ("a [Easy] (1).osu", 15, UPDATED, -1),
         ("a [Easy].osu", 10, UPDATED, -1),
-        ("b [hard] (1).osu", 20, UPDATED, -1),
         ("B [Hard].osu", 30, UPDATED, -1),
+        ("b [hard].osu", 20, UPDATED, -1),
     ]
-    assert [listing.pin(i).beatmap_id for i in (1, 2, 3)] == [1, 2, 3]
-    assert listing.pin(0) is None and listing.pin(4) is None and listing.member(1) is None
+    assert [listing.pin(i).beatmap_id for i in (1, 2, 3, 4)] == [4, 1, 3, 2]
+    assert listing.pin(0) is None and listing.pin(5) is None and listing.member(1) is None
     assert SetListing.from_bytes(listing.to_bytes()) == listing
 
 
@@ -321,6 +342,7 @@ def test_the_archive_completes_a_provisional_listing_without_moving_it(
         osu_member("A - T (M) [Added].osu", 50, 0x5),  # a difficulty the site did not list
         osu_member("audio.mp3", 1000, 0xA, mtime=9),
         osu_member("a - t (m) [easy].osu/x.png", 1, 0xB),  # a folder named like a pinned file
+        osu_member("A - T (M) [Gone].osu/y.png", 1, 0xD),  # a folder with a pinned file's name
         osu_member("sb/star.png", 2, 0xC),
     ]
     caplog.set_level(logging.INFO)
@@ -335,10 +357,12 @@ def test_the_archive_completes_a_provisional_listing_without_moving_it(
         "A - T (M) [Gone].osu": -1,
         "A - T (M) [Added].osu": 3,
         "audio.mp3": 4,
-        "a - t (m) [easy] (1).osu": -1,
-        "a - t (m) [easy] (1).osu/x.png": 5,
+        "a - t (m) [easy].osu": -1,  # only its case differs: kept, as on Linux
+        "a - t (m) [easy].osu/x.png": 5,
+        "A - T (M) [Gone] (1).osu": -1,
+        "A - T (M) [Gone] (1).osu/y.png": 6,
         "sb": -1,
-        "sb/star.png": 6,
+        "sb/star.png": 7,
     }
     added = completed.child(0, "A - T (M) [Added].osu")
     assert completed.entries[added].mtime_ns == 7  # the zip's time, not the site's
@@ -368,11 +392,11 @@ def check_completed(first: SetListing, completed: SetListing) -> None:
     seen: set[tuple[int, str]] = set()
     for index, entry in enumerate(completed.entries[1:], 1):
         assert entry.parent < index and completed.entries[entry.parent].is_dir
-        assert (entry.parent, case_key(entry.name)) not in seen
-        seen.add((entry.parent, case_key(entry.name)))
+        assert (entry.parent, entry.name) not in seen
+        seen.add((entry.parent, entry.name))
         assert completed.child(entry.parent, entry.name) == index
     rest = [
-        tuple(p.casefold() for p in completed.path(i).split("/"))
+        tuple((p.casefold(), p) for p in completed.path(i).split("/"))
         for i in range(count + 1, len(completed.entries))
     ]
     assert rest == sorted(rest)
