@@ -595,6 +595,12 @@ def umount(mountpoint: Path) -> None:
     help="Cap on body bytes per second that all answers share (to emulate a client's link).",
 )
 @click.option("--no-ranges", is_flag=True, help="Ignore Range headers, like a plain mirror.")
+@click.option(
+    "--as-is",
+    is_flag=True,
+    help="Send whole archives unread, readable or not, like a mirror that never looks inside "
+    "(to test what clients make of broken ones); other endpoints still answer 422.",
+)
 @click.option("--debug", is_flag=True, help="Log every step, not only what matters.")
 def serve(
     folder: Path,
@@ -604,6 +610,7 @@ def serve(
     bandwidth: int | None,
     link: int | None,
     no_ranges: bool,
+    as_is: bool,
     debug: bool,
 ) -> None:
     """Serve a folder of <id>.osz files over the Hexide mirror API."""
@@ -639,6 +646,7 @@ def serve(
                     bandwidth=bandwidth,
                     link=link,
                     ranges=not no_ranges,
+                    as_is=as_is,
                 )
             )
             log.info("serving %s on http://%s:%d", folder, host, bound)

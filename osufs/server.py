@@ -765,12 +765,16 @@ async def download(request: Request, *, novid: bool) -> Response:
     set_id = int(request.path_params["set_id"])
     request.app.state.stats.downloads[set_id] += 1
     folder = _folder(request)
+    options = request.app.state.options
+    path = folder.path(set_id)
     # Every endpoint refuses what it cannot read, /download too: a mirror that passes on
-    # garbage with a 200 only moves the failure to the client.
-    index = await _set_or_error(request)
-    if isinstance(index, JSONResponse):
-        return index
-    path = index.path
+    # garbage with a 200 only moves the failure to the client. (With `as_is`, for testing
+    # clients, whole downloads are sent unread, like a mirror that never looks inside.)
+    if novid or not options["as_is"]:
+        index = await _set_or_error(request)
+        if isinstance(index, JSONResponse):
+            return index
+        path = index.path
     if novid:
         try:
             path = await folder.novid_path(index)
@@ -780,7 +784,6 @@ async def download(request: Request, *, novid: bool) -> Response:
         file = open(path, "rb")  # noqa: SIM115 - the response closes it after streaming
     except (FileNotFoundError, NotADirectoryError):
         return _not_found(f"beatmap {set_id}")
-    options = request.app.state.options
     return _FileResponse(
         file,
         filename=f"{set_id} [no video].osz" if novid else f"{set_id}.osz",
@@ -826,12 +829,14 @@ def create_app(
     link: int | None = None,
     ranges: bool = True,
     limits: Limits | None = None,
+    as_is: bool = False,
 ) -> Starlette:
     """The Hexide API over `folder`; counters in `app.state.stats` (a ServerStats).
 
     latency: seconds slept before handling each request; bandwidth: bytes per second each
     archive body is held to; link: bytes per second all archive bodies share (a client's
-    downlink); ranges=False ignores Range and omits Accept-Ranges."""
+    downlink); ranges=False ignores Range and omits Accept-Ranges; as_is=True sends whole
+    archives unread, readable or not (to test what clients make of broken ones)."""
     state = _Folder(Path(folder), limits or Limits())
 
     @contextlib.asynccontextmanager
@@ -870,6 +875,7 @@ def create_app(
         "bandwidth": bandwidth,
         "link": Link(link) if link else None,
         "ranges": ranges,
+        "as_is": as_is,
     }
     return app
 

@@ -148,7 +148,8 @@ def check_readable(mount: Mount, case: HostileSet, *, sample: int = 1) -> dict[s
 
 @contextlib.contextmanager
 def serving(archives: Path, log: Path, ranges: bool) -> Iterator[Server]:
-    server = Server(archives, log, *([] if ranges else ["--no-ranges"]))
+    # As is: the plain mirror passes on broken archives for the client to judge.
+    server = Server(archives, log, "--as-is", *([] if ranges else ["--no-ranges"]))
     try:
         yield server
     finally:
