@@ -22,6 +22,7 @@ import pyfuse3
 from osufs.errors import OsufsError
 from osufs.library import Library
 from osufs.listing import SetListing
+from osufs.names import MAX_SET_ID
 from osufs.rootdir import RootListing
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ BLOCK = 4096
 # and the kernel sizes its READDIRPLUS request from that buffer (up to max_pages, 1 MiB with
 # libfuse 3.14): so `ls` of the root takes about 5,400 sets a request instead of 170.
 ROOT_BLKSIZE = 1 << 20
+# Readdir offsets 1 and 2 are `.` and `..`; every other entry's comes after them.
+DOTS = 2
 XATTRS = (b"user.osufs.set_id", b"user.osufs.cached", b"user.osufs.source")
 _BARE_ID = re.compile(rb"[1-9][0-9]{0,9}")
 _LEADING_ID = re.compile(rb"([1-9][0-9]{0,9}) ")
@@ -102,17 +105,18 @@ class Operations(pyfuse3.Operations):
         attrs.entry_timeout = attrs.attr_timeout = TIMEOUT
         return attrs
 
-    def _root_attributes(self) -> pyfuse3.EntryAttributes:
-        attrs = self._attributes(ROOT, stat.S_IFDIR | 0o555, 0, 0)
+    def _root_attributes(self, mtime_ns: int = 0) -> pyfuse3.EntryAttributes:
+        attrs = self._attributes(ROOT, stat.S_IFDIR | 0o555, 0, mtime_ns)
         attrs.st_blksize = ROOT_BLKSIZE
         return attrs
 
     def _set_attributes(self, set_id: int, mtime_ns: int) -> pyfuse3.EntryAttributes:
         return self._attributes(set_inode(set_id), stat.S_IFDIR | 0o555, 0, mtime_ns)
 
-    def _alias_attributes(self, set_id: int, folder: str) -> pyfuse3.EntryAttributes:
-        size = len(folder.encode())
-        return self._attributes(set_inode(set_id, ALIAS), stat.S_IFLNK | 0o777, size, 0)
+    def _alias_attributes(self, set_id: int, record: Any) -> pyfuse3.EntryAttributes:
+        size = len(record.folder.encode())
+        mode = stat.S_IFLNK | 0o777
+        return self._attributes(set_inode(set_id, ALIAS), mode, size, record.mtime_ns)
 
     def _entry_attributes(
         self, set_id: int, listing: SetListing, index: int
@@ -123,12 +127,12 @@ class Operations(pyfuse3.Operations):
 
     async def _attributes_of(self, inode: int) -> pyfuse3.EntryAttributes:
         if inode == ROOT:
-            return self._root_attributes()
+            return self._root_attributes((await self._root.entries()).newest)
         set_id, index = split_inode(inode)
         record = self.library.store.catalogue_get(set_id)
         if index == ALIAS:
             record = record or await self.library.resolve(set_id)
-            return self._alias_attributes(set_id, record.folder)
+            return self._alias_attributes(set_id, record)
         if index == 0:
             record = record or await self.library.resolve(set_id)
             return self._set_attributes(set_id, record.mtime_ns)
@@ -150,10 +154,10 @@ class Operations(pyfuse3.Operations):
         return self._entry_attributes(set_id, listing, child)
 
     async def _lookup_set(self, name: bytes) -> pyfuse3.EntryAttributes:
-        if _BARE_ID.fullmatch(name):
+        if _BARE_ID.fullmatch(name) and int(name) <= MAX_SET_ID:
             set_id = int(name)
             record = await self.library.resolve(set_id)
-            return self._alias_attributes(set_id, record.folder)
+            return self._alias_attributes(set_id, record)
         match = _LEADING_ID.match(name)
         if match:
             set_id = int(match.group(1))
@@ -187,30 +191,54 @@ class Operations(pyfuse3.Operations):
             return
         set_id, index = split_inode(inode)
         listing = await self.library.listing(set_id)
+        itself = self._entry_attributes(set_id, listing, index)
+        if index == 0:
+            parent = self._root_attributes()
+        else:
+            parent = self._entry_attributes(set_id, listing, listing.entries[index].parent)
+        if not self._reply_dots(token, start_id, itself, parent):
+            return
         children = listing.children(index)
-        for position in range(start_id, len(children)):
+        for position in range(max(start_id - DOTS, 0), len(children)):
             child = children[position]
             attrs = self._entry_attributes(set_id, listing, child)
             name = os.fsencode(listing.entries[child].name)
-            if not pyfuse3.readdir_reply(token, name, attrs, position + 1):
+            if not pyfuse3.readdir_reply(token, name, attrs, position + 1 + DOTS):
                 return
 
+    @staticmethod
+    def _reply_dots(
+        token: pyfuse3.ReaddirToken,
+        start_id: int,
+        itself: pyfuse3.EntryAttributes,
+        parent: pyfuse3.EntryAttributes,
+    ) -> bool:
+        """`.` and `..` at offsets 1 and 2, as `ls -a` expects; False when the reply is full."""
+        for offset, name, attrs in ((1, b".", itself), (2, b"..", parent)):
+            if start_id < offset and not pyfuse3.readdir_reply(token, name, attrs, offset):
+                return False
+        return True
+
     async def _readdir_root(self, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        """The offset is the last set id sent, so the order is stable and a set that joins
-        between requests never makes another be sent twice or skipped.
+        """After `.` and `..`, the offset is the last set id sent (plus DOTS), so the order is
+        stable and a set that joins between requests never makes another be sent twice or
+        skipped.
 
         Set folders differ only in inode and times, and readdir_reply copies the attributes
         into the reply at once, so one object serves every entry (building a fresh one cost
         about 1 µs an entry)."""
         root = await self._root.entries()
+        itself = self._root_attributes(root.newest)
+        if not self._reply_dots(token, start_id, itself, itself):
+            return
         ids, mtimes, names = root.ids, root.mtimes, root.names
         attrs = self._set_attributes(0, 0)
         reply = pyfuse3.readdir_reply
-        for index in range(bisect.bisect_right(ids, start_id), len(ids)):
+        for index in range(bisect.bisect_right(ids, start_id - DOTS), len(ids)):
             set_id = ids[index]
             attrs.st_ino = set_inode(set_id)
             attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = mtimes[index]
-            if not reply(token, names[index], attrs, set_id):
+            if not reply(token, names[index], attrs, set_id + DOTS):
                 return
 
     # files

@@ -25,6 +25,7 @@ class RootEntries:
     ids: array[int] = field(default_factory=lambda: array("Q"))
     mtimes: array[int] = field(default_factory=lambda: array("q"))
     names: list[bytes] = field(default_factory=list)
+    newest: int = 0  # the newest set's mtime (ns): the root's own time
 
 
 class RootListing:
@@ -55,4 +56,4 @@ class RootListing:
                 built.mtimes.append(record.mtime_ns)
                 built.names.append(os.fsencode(record.folder))
             after = page[-1][0]
-        return built
+        return RootEntries(built.ids, built.mtimes, built.names, max(built.mtimes, default=0))

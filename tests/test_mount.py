@@ -92,6 +92,32 @@ def test_root_names_symlinks_and_junk(server: Server, archives: Path, tmp_path: 
             os.stat(mount.mountpoint / "999999")
 
 
+def ls_a(folder: Path) -> list[str]:
+    """Names as `ls -a` sees them: the raw directory stream, `.` and `..` included."""
+    import subprocess
+
+    return subprocess.run(["ls", "-a1f", str(folder)], capture_output=True, text=True,
+                          check=True).stdout.splitlines()  # fmt: skip
+
+
+def test_dot_entries_and_the_catalogue_times(server: Server, archives: Path, tmp_path: Path):
+    with mounted_from(server, tmp_path) as mount:
+        root = mount.mountpoint
+        listed = ls_a(root)
+        assert listed[:2] == [".", ".."] and sorted(listed[2:]) == sorted(os.listdir(root))
+        folder = set_folder(root, 1)
+        assert ls_a(folder)[:2] == [".", ".."]
+        assert sorted(ls_a(folder)[2:]) == sorted(os.listdir(folder))
+        sample = root / next(p.stem for p in sorted(archives.glob("*.osz")) if int(p.stem) > 1000)
+        sub = next(sample / name for name in os.listdir(sample) if (sample / name).is_dir())
+        assert ls_a(sub)[:2] == [".", ".."]
+        # The root takes its newest set's time; a bare-id symlink its set's; never 1970.
+        times = [os.stat(root / name).st_mtime_ns for name in os.listdir(root)]
+        assert os.stat(root).st_mtime_ns == max(times) > 0
+        assert os.lstat(root / "1").st_mtime_ns == os.stat(folder).st_mtime_ns > 0
+        assert not os.path.exists(root / "4294967297"), "an id past 2^31-1 has no inode"
+
+
 def test_sample_set_tree_has_subfolders_and_times(server: Server, archives: Path, tmp_path: Path):
     sample = next(p for p in sorted(archives.glob("*.osz")) if int(p.stem) > 1000)
     with mounted_from(server, tmp_path) as mount:
