@@ -2,8 +2,7 @@
 # Installs what osufs needs on a Debian or Ubuntu machine: FUSE 3 and its headers (pyfuse3
 # builds against them), fuse-overlayfs (for --writable without root), a virtualenv in .venv
 # with pyfuse3 built from its pinned sdist and patches/pyfuse3 (docs/pyfuse3.md), and the
-# package with its test extras; and .venv/stock-pyfuse3, the same with pyfuse3 as released,
-# which tests/test_fallback.py mounts through.
+# package with its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,11 +51,3 @@ if [ "$(installed_version .venv/bin/python)" != "$patched_version" ] || [ ! -d "
   .venv/bin/python -m pip install -q --force-reinstall --no-deps "$build"/dist/pyfuse3-*.whl
 fi
 .venv/bin/python -m pip install -q -e '.[test]'
-
-# The fallback's venv: pyfuse3 as released (pip keeps the wheel it builds in its cache).
-stock=.venv/stock-pyfuse3
-[ -x "$stock/bin/python" ] || python3 -m venv "$stock"
-if [ "$(installed_version "$stock/bin/python")" != "$pyfuse3_version" ]; then
-  "$stock/bin/python" -m pip install -q "pyfuse3==$pyfuse3_version"
-fi
-"$stock/bin/python" -m pip install -q -e .
