@@ -278,6 +278,11 @@ class Source:
         """What a saved catalogue cursor belongs to; None when the list is not paged."""
         return None
 
+    def listed_sets(self) -> list[int] | None:
+        """Ids of the sets the root lists, when this source knows which but names none itself
+        (online.db): the catalogue names them from sources' metadata. None: no such list."""
+        return None
+
     async def catalogue_pages(
         self, resume: str | None
     ) -> AsyncIterator[tuple[list[CatalogueEntry], str | None, bool]]:

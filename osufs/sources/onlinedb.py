@@ -398,9 +398,14 @@ class OnlineDbSource(Source):
             return
         self._reopen()
 
-    def listed_sets(self) -> list[tuple[int, int]]:
-        """(set id, time) of the sets the root lists."""
-        return [] if self.listing_none else self.db.sets(self.statuses)
+    def listed_sets(self) -> list[int]:
+        return [] if self.listing_none else [s for s, _time in self.db.sets(self.statuses)]
+
+    async def catalogue(self) -> list[CatalogueEntry]:
+        """Nothing named here (the catalogue names `listed_sets`); a week-old copy is
+        downloaded again first."""
+        await self.refresh()
+        return []
 
     def set_time(self, rows: list[Row]) -> int:
         return max((row.updated_ns for row in rows), default=0)
