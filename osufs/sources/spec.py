@@ -94,9 +94,8 @@ def build_sources(
     """Sources in the order the user gave them; `local` is the cache's .osu files by md5."""
     built: list[Source] = []
     offline = bool(getattr(settings, "offline", False))
-    listed_elsewhere = bool(getattr(settings, "catalogue_file", None)) or any(
-        spec.kind == "onlinedb" for spec in settings.sources
-    )
+    with_onlinedb = any(spec.kind == "onlinedb" for spec in settings.sources)
+    listed_elsewhere = bool(getattr(settings, "catalogue_file", None)) or with_onlinedb
     for spec in settings.sources:
         if spec.kind == "onlinedb":
             built.append(
@@ -124,8 +123,8 @@ def build_sources(
                 log.warning("%s", CLIENT_MISSING)
             # With a catalogue file or online.db, that is the list; the API names its sets one
             # by one.
-            catalogue = "none" if listed_elsewhere else getattr(settings, "catalogue", None)
-            catalogue = catalogue or "ranked"
+            catalogue = "none" if with_onlinedb else getattr(settings, "catalogue", None)
+            catalogue = catalogue or ("none" if listed_elsewhere else "ranked")
             built.append(
                 OsuApiSource(
                     client,
