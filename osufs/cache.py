@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from osufs.store import Store, StoreError
@@ -244,3 +251,103 @@ def gc(cache_dir: Path | None) -> None:
 
 def _id_list(ids: list[int]) -> str:
     return " ".join(str(i) for i in ids)
+
+
+@cache.command(name="import")
+@click.argument(
+    "paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path)
+)
+@_cache_dir_option
+@click.option(
+    "--onlinedb",
+    "onlinedb",
+    metavar="PATH|URL",
+    help="lazer's online.db to identify .osu files by md5 (a file, or a URL of its .bz2). "
+    "Default: the copy `--source onlinedb` keeps in the cache, else lazer's own, else none "
+    "(files are then identified by their [Metadata] ids).",
+)
+def import_files(paths: tuple[Path, ...], cache_dir: Path | None, onlinedb: str | None) -> None:
+    """Take .osu files, the data.ppy.sh .osu tarball (.tar.bz2), .osz archives and osu!'s
+    Songs folder into the cache; what is cached already is skipped."""
+    from osufs.importer import Importer, ImportError_, ImportTally
+    from osufs.sources.onlinedb import OnlineDbError
+
+    root = cache_dir or _default_cache_dir()
+    try:
+        store = Store(root)
+    except (StoreError, OSError) as error:
+        raise click.ClickException(f"cannot use {root} as the cache: {error}") from None
+    try:
+        db = _import_db(root, onlinedb)
+    except OnlineDbError as error:
+        store.close()
+        raise click.ClickException(str(error)) from None
+    columns = (
+        TextColumn("importing"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TextColumn("{task.fields[files]} files"),
+        TimeRemainingColumn(),
+    )
+    interrupted: str | None = None
+    importer = None
+    try:
+        with Progress(*columns, transient=False) as progress:
+            task = progress.add_task("import", total=None, files=0)
+            shown = [0]
+
+            def show(tally: ImportTally) -> None:
+                if tally.files - shown[0] >= 64 or tally.files == 0:
+                    shown[0] = tally.files
+                    progress.update(
+                        task, completed=tally.read, total=tally.total, files=tally.files
+                    )
+
+            importer = Importer(store, db, show)
+            try:
+                importer.run(list(paths))
+            except KeyboardInterrupt:
+                interrupted = "interrupted; what was imported is kept: run it again to go on"
+            except ImportError_ as error:
+                interrupted = str(error)
+            tally = importer.tally
+            progress.update(task, completed=tally.read, total=tally.total, files=tally.files)
+    finally:
+        if db is not None:
+            db.close()
+        store.close()
+    for note in tally.notes:
+        click.echo(note)
+    click.echo(
+        f"{tally.imported} imported, {tally.already} already there, {tally.unmatched} "
+        f"unmatched, {tally.refused} refused"
+    )
+    if interrupted:
+        raise click.ClickException(interrupted)
+
+
+def _import_db(root: Path, location: str | None) -> Any:
+    """The OnlineDb an import matches against (see --onlinedb), or None."""
+    import httpx
+    import trio
+
+    from osufs import __version__
+    from osufs.sources.onlinedb import OnlineDb, WorkingCopy, ensure_copy, lazer_data_folder
+
+    copy = WorkingCopy(root)
+    if location is None:
+        lazer = lazer_data_folder() / "online.db"
+        if copy.exists():
+            return OnlineDb(copy.path)
+        if not lazer.is_file():
+            return None
+        location = str(lazer)
+
+    async def fetch() -> None:
+        headers = {"User-Agent": f"osufs/{__version__}"}
+        async with httpx.AsyncClient(headers=headers, timeout=120.0) as client:
+            await ensure_copy(copy, location, client)
+
+    trio.run(fetch)
+    return OnlineDb(copy.path)

@@ -62,9 +62,12 @@ class Catalogue:
         self.sources = sources
         self.offline = offline
         self._nursery = nursery
-        # With a catalogue file, the root lists exactly its sets (those with a name).
+        # With a catalogue file, the root lists exactly its sets (those with a name); else, with
+        # a source that lists sets by id (online.db), those.
         self.catalogue_file = catalogue_file
         self._listed = sorted(read_catalogue_file(catalogue_file)) if catalogue_file else None
+        self._listed_ids: frozenset[int] | None = None
+        self._reload_listed()
         self._syncing: set[str] = set()
         self._naming = False
 
@@ -78,6 +81,8 @@ class Catalogue:
         or with a catalogue file, the file's sets that have a name yet."""
         if self._listed is None:
             return self.store.catalogue_page(after, limit)
+        if self._listed_ids is not None:
+            return self._page_of_listed(after, limit, self._listed_ids)
         page: list[tuple[int, CatalogueRecord]] = []
         for set_id in self._listed[bisect_right(self._listed, after) :]:
             record = self.store.catalogue_get(set_id)
@@ -86,6 +91,30 @@ class Catalogue:
                 if len(page) >= limit:
                     break
         return page
+
+    def _page_of_listed(
+        self, after: int, limit: int, listed: frozenset[int]
+    ) -> list[tuple[int, CatalogueRecord]]:
+        """The index's named sets that a source lists by id, walked in index order (the index
+        holds them all, so this costs a filter, not a lookup a set)."""
+        page: list[tuple[int, CatalogueRecord]] = []
+        while len(page) < limit:
+            found = self.store.catalogue_page(after, limit)
+            if not found:
+                break
+            page += [(set_id, record) for set_id, record in found if set_id in listed]
+            after = found[-1][0]
+        return page[:limit]
+
+    def _reload_listed(self) -> None:
+        if self.catalogue_file is not None:
+            return
+        for source in self.sources:
+            ids = source.listed_sets()
+            if ids is not None:
+                self._listed = sorted(ids)
+                self._listed_ids = frozenset(ids)
+                return
 
     async def resume(self) -> None:
         """At mount: go on with a paged set list a previous session left unfinished (or
@@ -122,6 +151,7 @@ class Catalogue:
                 # This runs in the mount's nursery: nothing may escape and end the mount.
                 log.exception("%s: reading the set list failed", source.label)
                 continue
+            self._reload_listed()  # online.db may have been downloaded again
             added = self.store.catalogue_add(
                 [(e.set_id, CatalogueRecord(e.folder, e.mtime_ns, source.label)) for e in entries]
             )
@@ -205,7 +235,8 @@ class Catalogue:
             log.warning("cannot save the set list's cursor: %s", error)
 
     def _start_naming(self) -> None:
-        if self._listed is None or self._naming or self.offline:
+        # Offline, the sources are local ones (online.db) alone: naming from them is free.
+        if self._listed is None or self._naming or not self.sources:
             return
         self._naming = True
         self._nursery.start_soon(self._name_listed)
@@ -215,11 +246,19 @@ class Catalogue:
         at a time in the background. A set none names is listed once a lookup by id reaches its
         archive (`ls MOUNT/<id>`): no archive is fetched just to name a set."""
         named = unnamed = 0
+        # A source's whole list (online.db: every ranked set) is named only by sources that
+        # cost nothing: asking the API for each would be the harvesting its terms forbid. A
+        # set they cannot name is named by a lookup (`ls MOUNT/<id>`).
+        free_only = self._listed_ids is not None
         try:
-            for set_id in list(self._listed or ()):
+            for number, set_id in enumerate(list(self._listed or ())):
+                if number % 1024 == 1023:
+                    await trio.lowlevel.checkpoint()
                 if self.store.catalogue_get(set_id) is not None:
                     continue
                 for source in self._available_sources():
+                    if free_only and not source.free_difficulties:
+                        continue
                     try:
                         entry = await source.catalogue_entry(set_id)
                     except OsufsError as error:

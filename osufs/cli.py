@@ -31,6 +31,7 @@ from osufs.config import ConfigError, default_config_path, load_config
 from osufs.library import READ_AHEAD_SETS
 from osufs.mount import MountConfig, run_mount
 from osufs.sources import SourceSpec
+from osufs.sources.onlinedb import OnlineDbError
 from osufs.store import StoreError
 
 log = logging.getLogger("osufs")
@@ -417,7 +418,7 @@ def mount(
 
     try:
         trio.run(run_mount, config, ready)
-    except (overlay.OverlayError, StoreError) as error:
+    except (overlay.OverlayError, StoreError, OnlineDbError) as error:
         raise click.ClickException(str(error)) from None
 
 

@@ -179,6 +179,14 @@ class Library:
         found = self.store.listing_get(set_id)
         if found is not None:
             return found
+        free = next((s for s in self.sources if s.free_difficulties), None)
+        if free is not None:
+            listed = await self._flights.run(
+                ("provisional", set_id),
+                lambda: self._list_provisionally(free, set_id, background=speculative),
+            )
+            if listed is not None:
+                return listed
         if self.offline:
             raise OsufsError.io(f"set {set_id} is not cached (offline)")
         source = self._difficulty_source()
@@ -229,7 +237,15 @@ class Library:
         is available; None when an archive's directory should list them (or nothing can)."""
         if self._unmetered_available():
             return None
-        return next((s for s in self.sources if s.serves_difficulties), None)
+        return next(
+            (s for s in self.sources if s.serves_difficulties and not s.free_difficulties), None
+        )
+
+    def _other_ways(self, free: Source) -> bool:
+        """Whether a set can be listed some other way than by `free`'s .osu files at hand."""
+        return any(
+            s is not free and (s.serves_archives or s.serves_difficulties) for s in self.sources
+        )
 
     async def _list_provisionally(
         self, source: Source, set_id: int, *, background: bool
@@ -252,6 +268,12 @@ class Library:
         async with trio.open_nursery() as nursery:
             for difficulty in info.difficulties:
                 nursery.start_soon(self._fetch_difficulty, source, difficulty, outcomes, background)
+        if source.free_difficulties and self._other_ways(source):
+            at_hand = [isinstance(outcomes[d.beatmap_id], bytes) for d in info.difficulties]
+            if not all(at_hand):
+                # Listing what is at hand would pin a set without those: another way lists it.
+                log.debug("set %d: %d .osu files not at hand", set_id, at_hand.count(False))
+                return None
         files: list[PinnedFile] = []
         contents: dict[int, bytes] = {}
         passing: list[str] = []
@@ -289,6 +311,8 @@ class Library:
     ) -> None:
         key = (difficulty.beatmap_id, difficulty.md5)
         kept = self._kept_difficulties.get(key)
+        if kept is None:
+            kept = self.store.osu_bytes(difficulty.md5)  # imported, or fetched before
         if kept is not None:
             outcomes[difficulty.beatmap_id] = kept
             return
@@ -323,8 +347,13 @@ class Library:
         """Write the .osu files, store the listing and index them, in one thread call (a cold
         scan lists thousands of sets this way)."""
         blobs = []
+        links = []
         try:
             for index, pin in enumerate(listing.pins, 1):
+                digest = self.store.osu_digest(pin.md5)
+                if digest is not None:
+                    links.append((index, digest))  # stored by md5 already: no copy
+                    continue
                 data = contents[pin.beatmap_id]
                 blobs.append(self._write_member(set_id, index, _reader(data), _loose_member(data)))
             standing = self.store.listing_put(set_id, listing)
@@ -337,6 +366,7 @@ class Library:
                 blob.temp_path.unlink(missing_ok=True)
             return standing
         self.store.commit_blobs(blobs)
+        self.store.link_blobs(set_id, links)
         return listing
 
     async def _connect(self, set_id: int) -> RemoteArchive | None:
@@ -619,6 +649,9 @@ class Library:
         bad = self._bad_member(set_id, index)
         if bad is not None:
             raise bad
+        path = await self._link_pinned(set_id, index)
+        if path is not None:
+            return path
         if self.offline:
             raise OsufsError.io(f"set {set_id}: member {index} is not cached (offline)")
         listing = await self.listing(set_id)
@@ -641,6 +674,17 @@ class Library:
                 f"set {set_id}: member {index} unavailable"
             )
         return path
+
+    async def _link_pinned(self, set_id: int, index: int) -> Path | None:
+        """A pinned .osu whose bytes are stored by md5 (imported; its blob evicted), indexed
+        as the set's again without a request."""
+        listing = self.store.listing_get(set_id)
+        pin = listing.pin(index) if listing is not None else None
+        digest = self.store.osu_digest(pin.md5) if pin is not None else None
+        if digest is None:
+            return None
+        await trio.to_thread.run_sync(self.store.link_blobs, set_id, [(index, digest)])
+        return self.store.blob_path(set_id, index)
 
     async def _materialise(
         self, set_id: int, listing: SetListing, index: int, member: ZipMember
@@ -1011,15 +1055,17 @@ def _is_osu(name: str) -> bool:
 def _pinned_file(info: SetDifficulties, difficulty: Difficulty, data: bytes) -> PinnedFile:
     """A difficulty's file as osu! names it: `Artist - Title (Creator) [Version].osu` from the
     file's own metadata (the set's where the file has none), cleaned as osu! does."""
-    meta = parse_osu(data)
-    name = difficulty_filename(
-        meta.artist or info.artist,
-        meta.title or info.title,
-        meta.creator or info.creator,
-        meta.version or difficulty.version,
-    )
-    path = normalise_path(name)
-    assert path is not None  # " - " and the brackets always remain
+    path = normalise_path(difficulty.filename) if difficulty.filename else None
+    if path is None or "/" in path:
+        meta = parse_osu(data)
+        name = difficulty_filename(
+            meta.artist or info.artist,
+            meta.title or info.title,
+            meta.creator or info.creator,
+            meta.version or difficulty.version,
+        )
+        path = normalise_path(name)
+        assert path is not None  # " - " and the brackets always remain
     return PinnedFile(path, len(data), Pin(difficulty.beatmap_id, difficulty.md5, zlib.crc32(data)))
 
 

@@ -88,7 +88,11 @@ async def open_library(config: MountConfig) -> AsyncIterator[Library]:
             httpx.AsyncClient(timeout=timeout, headers=headers, follow_redirects=False) as client,
             trio.open_nursery() as nursery,
         ):
-            sources = [] if config.offline else build_sources(client, config)
+            # Offline, only local sources (online.db) are built.
+            sources = build_sources(client, config, store.osu_bytes)
+            for source in sources:
+                stack.callback(source.close)
+                await source.prepare()
             library = Library(
                 store,
                 sources,

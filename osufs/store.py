@@ -19,6 +19,8 @@ Index databases (keys are big-endian so cursors walk sets in id order):
   pins       set id -> ""                   sets eviction never touches
   trash      sha256 -> ""                   content files whose refs reached zero, to unlink
   negative   set id -> expiry (unix time)   sets the sources said do not exist
+  osu        md5 (16 bytes) -> sha256       .osu files known by their md5 (imported, or fetched
+                                            by beatmap id); each holds a ref on its content
   meta       schema, content_bytes (sum of content sizes), hits, misses, budget
 
 Writes are atomic: the bytes go to a temporary file, are fsynced and renamed into content/,
@@ -37,6 +39,7 @@ this process and the sets being written. Access times and hit counters are kept 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -65,8 +68,9 @@ from osufs.listing import SetListing
 log = logging.getLogger(__name__)
 
 # 3: listings may be provisional and hold pinned entries (listing format 2), which an osufs
-# of schema 2 could not read.
-SCHEMA_VERSION = 3
+# of schema 2 could not read. 4: .osu files indexed by md5 hold content refs no blob counts,
+# which the verify of schema 3 would drop.
+SCHEMA_VERSION = 4
 INITIAL_MAP_SIZE = 256 << 20
 # Decoded listings kept in memory, counted in entries (about 300 bytes each): a walk over
 # thousands of sets finds their trees decoded, and a set of 60,000 members cannot crowd memory.
@@ -110,6 +114,16 @@ class PendingBlob:
 
     set_id: int
     entry: int
+    temp_path: Path
+    digest: bytes
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class PendingOsu:
+    """A .osu file written to a temporary file, to be indexed by its md5."""
+
+    md5: bytes
     temp_path: Path
     digest: bytes
     size: int
@@ -325,6 +339,7 @@ class Store:
             self._trash,
             self._negative,
             self._meta,
+            self._osu,
         ) = self._open_dbs(
             b"catalogue",
             b"listings",
@@ -336,6 +351,7 @@ class Store:
             b"trash",
             b"negative",
             b"meta",
+            b"osu",
         )
         self._check_schema()
         self._listing_cache: OrderedDict[int, SetListing] = OrderedDict()
@@ -367,10 +383,11 @@ class Store:
             found = txn.get(b"schema", db=self._meta)
             if found is None:
                 txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._meta)
-            elif int(found) in (1, 2):
+            elif int(found) in (1, 2, 3):
                 if int(found) == 1:
                     self._upgrade_from_1(txn)
-                # 2 to 3 changes nothing stored: format 1 listings are read as they are.
+                # 2 to 3 changes nothing stored: format 1 listings are read as they are; 3 to 4
+                # adds the empty osu table.
                 txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._meta)
             elif int(found) != SCHEMA_VERSION:
                 raise StoreError(
@@ -598,7 +615,9 @@ class Store:
                 crash_point("commit-evicted")
             self._unlink_trash(freed)
 
-    def _place_files(self, blobs: list[PendingBlob]) -> list[Path]:
+    def _place_files(
+        self, blobs: list[PendingBlob] | list[PendingOsu], *, sync_dirs: bool = True
+    ) -> list[Path]:
         """Rename temporary files into content/ unless the index has their bytes already."""
         with self._read() as txn:
             indexed = {b.digest for b in blobs if txn.get(b.digest, db=self._content) is not None}
@@ -615,7 +634,8 @@ class Store:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(blob.temp_path, final)
             renamed.append(final)
-        _fsync_dirs({path.parent for path in renamed})
+        if sync_dirs:
+            _fsync_dirs({path.parent for path in renamed})
         return renamed
 
     def _index_blobs(
@@ -647,6 +667,96 @@ class Store:
             total = self._evict_lru(txn, total, self.budget, protect, freed)
         txn.put(b"content_bytes", _pack_int(total), db=self._meta)
         return freed
+
+    # .osu files by md5
+
+    def osu_digest(self, md5: str) -> bytes | None:
+        """The content digest of the .osu file with this md5 (hex), if it is stored."""
+        with self._read() as txn:
+            found = txn.get(bytes.fromhex(md5), db=self._osu)
+        return None if found is None else bytes(found)
+
+    def osu_path(self, md5: str) -> Path | None:
+        digest = self.osu_digest(md5)
+        return None if digest is None else self.content_path(digest)
+
+    def osu_bytes(self, md5: str) -> bytes | None:
+        """The .osu file with this md5, if stored (a vanished file counts as not stored)."""
+        path = self.osu_path(md5)
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def osu_known(self, md5s: Iterable[bytes]) -> set[bytes]:
+        """Which of these md5s (16 bytes each) are stored, in one read."""
+        with self._read() as txn:
+            return {md5 for md5 in md5s if txn.get(md5, db=self._osu) is not None}
+
+    def osu_count(self) -> int:
+        with self._read() as txn:
+            return txn.stat(self._osu)["entries"]
+
+    def commit_osu(self, items: list[PendingOsu]) -> int:
+        """Make written .osu files durable, move them into content/ and index them by md5, in
+        one commit (an import's batch); returns how many were new. Blocking."""
+        if not items:
+            return 0
+        with self._content_locked():
+            try:
+                # One sync of the file system for the batch's bytes, one for its renames: an
+                # fsync of each file and of each of its thousands of folders costs more than
+                # the import itself.
+                syncfs(self.tmp_dir)
+                renamed = self._place_files(items, sync_dirs=False)
+                syncfs(self.content_dir)
+                try:
+                    return self._write(lambda txn: self._index_osu(txn, items))
+                except BaseException:
+                    for path in renamed:
+                        path.unlink(missing_ok=True)
+                    raise
+            finally:
+                for item in items:
+                    item.temp_path.unlink(missing_ok=True)
+
+    def _index_osu(self, txn: lmdb.Transaction, items: list[PendingOsu]) -> int:
+        total = _unpack_int(txn.get(b"content_bytes", db=self._meta))
+        added = 0
+        for item in items:
+            if not txn.put(item.md5, item.digest, db=self._osu, overwrite=False):
+                continue
+            added += 1
+            known = txn.get(item.digest, db=self._content)
+            refs = msgpack.unpackb(known)[1] if known is not None else 0
+            if known is None:
+                total += item.size
+                txn.delete(item.digest, db=self._trash)
+            txn.put(item.digest, msgpack.packb([item.size, refs + 1]), db=self._content)
+        txn.put(b"content_bytes", _pack_int(total), db=self._meta)
+        return added
+
+    def link_blobs(self, set_id: int, links: list[tuple[int, bytes]]) -> None:
+        """Index entries of a set as holding content already stored (a .osu known by md5),
+        without copying a byte; an entry already indexed, or content gone, is left alone."""
+        if not links:
+            return
+        with self._content_locked():
+
+            def link(txn: lmdb.Transaction) -> None:
+                for entry, digest in links:
+                    key = blob_key(set_id, entry)
+                    known = txn.get(digest, db=self._content)
+                    if known is None or txn.get(key, db=self._blobs) is not None:
+                        continue
+                    size, refs = msgpack.unpackb(known)
+                    txn.put(key, digest, db=self._blobs)
+                    txn.put(digest, msgpack.packb([size, refs + 1]), db=self._content)
+                self._record_usage(txn, {set_id: time.time_ns()})
+
+            self._write(link)
 
     def drop_missing(self, set_id: int, entry: int, path: Path) -> bool:
         """Forget a blob whose content file has vanished (damage, or another mount's eviction
@@ -964,6 +1074,12 @@ class Store:
                         counts[digest] += 1
                 for set_id, entry, _digest in doomed:
                     txn.delete(blob_key(set_id, entry), db=self._blobs)
+                for key, value in list(txn.cursor(db=self._osu)):
+                    digest = bytes(value)
+                    if digest in bad or txn.get(digest, db=self._content) is None:
+                        txn.delete(key, db=self._osu)
+                    else:
+                        counts[digest] += 1
                 total = 0
                 for key, value in list(txn.cursor(db=self._content)):
                     digest = bytes(key)
@@ -1086,6 +1202,20 @@ def fsync_file(file: BinaryIO) -> None:
         os.fsync(file.fileno())
     except OSError as error:
         raise _disk_error(error) from error
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(folder: Path) -> None:
+    """Flush the whole file system holding `folder` (syncfs(2))."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise _disk_error(OSError(code, os.strerror(code)))
+    finally:
+        os.close(fd)
 
 
 def _fsync_dirs(folders: set[Path]) -> None:

@@ -165,6 +165,7 @@ class Difficulty:
     beatmap_id: int
     md5: str  # of its .osu file, lower-case hex
     version: str
+    filename: str = ""  # the .osu file's name, when metadata has it (online.db)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +215,9 @@ class Source:
     # Whether it describes a set's difficulties and serves each .osu by beatmap id
     # (`set_difficulties`, `beatmap_file`): then a set can be listed without its archive.
     serves_difficulties = False
+    # Whether its listings cost nothing (local metadata and .osu bytes already at hand): then
+    # they are used even where an archive source could list the set.
+    free_difficulties = False
     # Whether its set list comes in pages over time (then the library syncs it in the
     # background and keeps a cursor), rather than in one answer.
     catalogue_paged = False
@@ -241,6 +245,12 @@ class Source:
     def download_url(self, set_id: int) -> str:
         raise NotImplementedError
 
+    async def prepare(self) -> None:
+        """Make ready before the mount starts (open local files); a clear error if it cannot."""
+
+    def close(self) -> None:
+        """Let go of what `prepare` opened."""
+
     def secret_headers(self) -> dict[str, str]:
         """Headers for the source's own origin only."""
         return {}
@@ -266,6 +276,11 @@ class Source:
     @property
     def catalogue_key(self) -> str | None:
         """What a saved catalogue cursor belongs to; None when the list is not paged."""
+        return None
+
+    def listed_sets(self) -> list[int] | None:
+        """Ids of the sets the root lists, when this source knows which but names none itself
+        (online.db): the catalogue names them from sources' metadata. None: no such list."""
         return None
 
     async def catalogue_pages(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import httpx
@@ -12,11 +14,13 @@ from osufs.sources.api import API_PER_MINUTE, CLIENT_MISSING, OSU_SITE, OsuApiSo
 from osufs.sources.base import Source
 from osufs.sources.hexide import HexideSource
 from osufs.sources.mirrors import _NOVIDEO, MIRRORS, MirrorSource, TemplateSource
+from osufs.sources.onlinedb import ONLINE_DB_URL, OnlineDbSource, lazer_data_folder
 from osufs.sources.site import COOKIE_MISSING, OsuSiteSource
 
 log = logging.getLogger(__name__)
 
 DEFAULT_URLS: dict[str, str] = {
+    "onlinedb": "",  # lazer's own copy, else ONLINE_DB_URL (resolved when the mount starts)
     "osu": OSU_SITE,
     "osuapi": OSU_SITE,
     **{name: base for name, (base, _path) in MIRRORS.items()},
@@ -27,6 +31,7 @@ SOURCE_KINDS: dict[str, type[Source]] = {
     "hexide": HexideSource,
     "osu": OsuSiteSource,
     "osuapi": OsuApiSource,
+    "onlinedb": OnlineDbSource,
     "url": TemplateSource,
     **dict.fromkeys(MIRRORS, MirrorSource),
 }
@@ -46,7 +51,12 @@ class SourceSpec:
             url = DEFAULT_URLS[kind]
         elif not sep or kind not in SOURCE_KINDS or not url:
             known = ", ".join(
-                f"{k}[=URL]" if k in DEFAULT_URLS else f"{k}=URL" for k in SOURCE_KINDS
+                "onlinedb[=PATH|URL]"
+                if k == "onlinedb"
+                else f"{k}[=URL]"
+                if k in DEFAULT_URLS
+                else f"{k}=URL"
+                for k in SOURCE_KINDS
             )
             raise ValueError(f"unknown source {text!r}; expected one of {known}")
         if kind == "url" and "{id}" not in url:
@@ -63,15 +73,44 @@ class _SourceSettings(Protocol):
     sources: list[SourceSpec]
     cookie: str | None
     no_video: bool
+    cache_dir: Path
     # Optional (getattr): client_id, client_secret, catalogue, catalogue_query, catalogue_file,
-    # api_per_minute.
+    # api_per_minute, offline.
 
 
-def build_sources(client: httpx.AsyncClient, settings: _SourceSettings) -> list[Source]:
-    """Sources in the order the user gave them."""
+def onlinedb_location(spec: SourceSpec) -> str:
+    """Where `onlinedb` reads: the PATH or URL given; else lazer's own copy, else the URL."""
+    if spec.url:
+        return spec.url
+    lazer = lazer_data_folder() / "online.db"
+    return str(lazer) if lazer.is_file() else ONLINE_DB_URL
+
+
+def build_sources(
+    client: httpx.AsyncClient,
+    settings: _SourceSettings,
+    local: Callable[[str], bytes | None] = lambda md5: None,
+) -> list[Source]:
+    """Sources in the order the user gave them; `local` is the cache's .osu files by md5."""
     built: list[Source] = []
+    offline = bool(getattr(settings, "offline", False))
+    with_onlinedb = any(spec.kind == "onlinedb" for spec in settings.sources)
+    listed_elsewhere = bool(getattr(settings, "catalogue_file", None)) or with_onlinedb
     for spec in settings.sources:
-        if spec.kind == "osu":
+        if spec.kind == "onlinedb":
+            built.append(
+                OnlineDbSource(
+                    client,
+                    onlinedb_location(spec),
+                    cache_dir=settings.cache_dir,
+                    local=local,
+                    catalogue=getattr(settings, "catalogue", None),
+                    offline=offline,
+                )
+            )
+        elif offline:
+            continue  # every other source is the network
+        elif spec.kind == "osu":
             if not settings.cookie:
                 log.warning("%s", COOKIE_MISSING)
             built.append(
@@ -82,10 +121,10 @@ def build_sources(client: httpx.AsyncClient, settings: _SourceSettings) -> list[
             secret = getattr(settings, "client_secret", None)
             if not (client_id and secret):
                 log.warning("%s", CLIENT_MISSING)
-            # With a catalogue file, that file is the list; the API names its sets one by one.
-            catalogue = getattr(settings, "catalogue", None) or (
-                "none" if getattr(settings, "catalogue_file", None) else "ranked"
-            )
+            # With a catalogue file or online.db, that is the list; the API names its sets one
+            # by one.
+            catalogue = "none" if with_onlinedb else getattr(settings, "catalogue", None)
+            catalogue = catalogue or ("none" if listed_elsewhere else "ranked")
             built.append(
                 OsuApiSource(
                     client,
