@@ -60,6 +60,9 @@ LOCAL_HEADER_SLACK = 1024
 # and opens it again), then abandoned, its partial file deleted.
 LINGER = 10.0
 VERIFY_CHUNK = 1 << 20
+# Ranges in flight at once across every stream: each holds about one chunk, so this bounds
+# the memory many readers of many members can take.
+MAX_RUNS = 16
 
 
 class RangeReader(Protocol):
@@ -471,6 +474,80 @@ class MemberStream:
             self._file.close()
 
 
+class Streams:
+    """The members streaming now, by (set id, entry), and the read handles open on them.
+
+    A handle is a duplicate descriptor of the stream's partial file, so handles never collide
+    with other open files. Trio thread only."""
+
+    def __init__(
+        self,
+        store: Store,
+        nursery: trio.Nursery,
+        *,
+        commit: Callable[[PendingBlob], Awaitable[None]],
+        refuse: Callable[[int, int, MemberError], None],
+        timeout: float,
+        limits: archive.Limits,
+        runs: int = MAX_RUNS,
+    ) -> None:
+        self._store = store
+        self._nursery = nursery
+        self._commit = commit
+        self._refuse = refuse
+        self._timeout = timeout
+        self._limits = limits
+        self._runs = trio.CapacityLimiter(runs)
+        self._live: dict[tuple[int, int], MemberStream] = {}
+        self._handles: dict[int, MemberStream] = {}
+
+    def current(self, set_id: int, index: int) -> MemberStream | None:
+        return self._live.get((set_id, index))
+
+    def start(
+        self, set_id: int, index: int, member: ZipMember, reader: RangeReader
+    ) -> MemberStream:
+        """A stream of the member (MemberError when it must not be extracted at all)."""
+        stream = MemberStream(
+            set_id=set_id,
+            index=index,
+            member=member,
+            reader=reader,
+            store=self._store,
+            nursery=self._nursery,
+            runs=self._runs,
+            commit=self._commit,
+            refuse=lambda error: self._refuse(set_id, index, error),
+            timeout=self._timeout,
+            limits=self._limits,
+        )
+        stream.on_finish = self._forget
+        self._live[(set_id, index)] = stream
+        return stream
+
+    def _forget(self, stream: MemberStream) -> None:
+        if self._live.get((stream.set_id, stream.index)) is stream:
+            del self._live[(stream.set_id, stream.index)]
+
+    def open(self, stream: MemberStream) -> int:
+        handle = os.dup(stream.fd)
+        stream.acquire()
+        self._handles[handle] = stream
+        return handle
+
+    def of(self, handle: int) -> MemberStream | None:
+        return self._handles.get(handle)
+
+    def close(self, handle: int) -> bool:
+        """Close a handle opened here; False when it is not one."""
+        stream = self._handles.pop(handle, None)
+        if stream is None:
+            return False
+        os.close(handle)
+        stream.release()
+        return True
+
+
 async def _read(reader: RangeReader, start: int, length: int) -> bytes:
     parts = bytearray()
     async with reader.chunks(start, length) as chunks:
@@ -481,4 +558,4 @@ async def _read(reader: RangeReader, start: int, length: int) -> bytes:
     return bytes(parts)
 
 
-__all__ = ["MemberStream", "RangeReader"]
+__all__ = ["MemberStream", "RangeReader", "Streams"]
