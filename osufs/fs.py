@@ -190,7 +190,7 @@ class Operations(pyfuse3.Operations):
             await self._readdir_root(start_id, token)
             return
         set_id, index = split_inode(inode)
-        listing = await self.library.listing(set_id)
+        listing = await self.library.read_dir(set_id)
         itself = self._entry_attributes(set_id, listing, index)
         if index == 0:
             parent = self._root_attributes()

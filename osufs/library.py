@@ -69,6 +69,10 @@ LOCAL_HEADER_SLACK = 1024
 FIRST_TAIL = 16 << 10
 # Sets whose .osu files are fetched ahead of a reader scanning the library in order.
 READ_AHEAD_SETS = 8
+# Sets listed ahead of a reader listing set folders in order (a glob, `find`, a file manager),
+# and how many of those listings are asked for at once.
+LIST_AHEAD_SETS = 24
+LIST_AHEAD_AT_ONCE = 8
 # A member refused (bad CRC, cut-off body) is tried again after this many seconds.
 BAD_MEMBER_RETRY = 600.0
 # .osu files fetched at once (`/osu/<id>`) for provisional listings, across sets.
@@ -110,6 +114,9 @@ class Library:
         self._scanned: set[int] = set()  # sets whose .osu a reader opened
         self._open_files: dict[int, int] = {}  # descriptor -> set id
         self._difficulty_pool = trio.CapacityLimiter(DIFFICULTY_FETCHES)
+        self._list_pool = trio.CapacityLimiter(LIST_AHEAD_AT_ONCE)
+        self._listed_ahead: set[int] = set()  # sets listed ahead (or being listed)
+        self._list_window: set[int] = set()  # sets whose readdir moved the window on
         # (beatmap id, md5) -> checked bytes of a listing cut short, for its next attempt; the
         # md5 is in the key so a map updated in between is fetched anew.
         self._kept_difficulties: OrderedDict[tuple[int, str], bytes] = OrderedDict()
@@ -208,6 +215,36 @@ class Library:
         if found is None:
             raise OsufsError.io(f"set {set_id}: no listing")
         return found
+
+    async def read_dir(self, set_id: int) -> SetListing:
+        """A set's listing for a reader listing its folder: the next sets in catalogue order
+        are listed in the background meanwhile, so a glob or `find` over the root moves at the
+        network's pace rather than one round trip at a time. Only a cold set, or one listed
+        ahead, moves the window on: reading what was cached before never reaches for the
+        network."""
+        if self.store.listing_get(set_id) is None or set_id in self._listed_ahead:
+            self._list_ahead(set_id)
+        return await self.listing(set_id)
+
+    def _list_ahead(self, set_id: int) -> None:
+        if not self.read_ahead or self.offline or set_id in self._list_window:
+            return
+        self._list_window.add(set_id)
+        for next_id, _record in self.catalogue_page(set_id, LIST_AHEAD_SETS):
+            if next_id in self._listed_ahead:
+                continue
+            self._listed_ahead.add(next_id)
+            if self.store.listing_get(next_id) is None:
+                self._nursery.start_soon(self._list_one_ahead, next_id)
+
+    async def _list_one_ahead(self, set_id: int) -> None:
+        async with self._list_pool:
+            try:
+                # Speculative: never a metered source's allowance, readers' requests first.
+                await self.listing(set_id, speculative=True)
+            except OsufsError as error:
+                log.debug("listing set %d ahead stopped: %s", set_id, error)
+                self._listed_ahead.discard(set_id)
 
     async def lookup(self, set_id: int, parent: int, name: str) -> tuple[SetListing, int]:
         """The listing and entry of `name` in directory `parent` of a set. A name a

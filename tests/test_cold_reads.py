@@ -6,14 +6,17 @@ resumed. Every filesystem call that could hang runs with the pytest timeout as i
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import time
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from osufs.samples import build_sample_library
 from tests.helpers import Server, mounted_from
 from tests.hostile import Raw, build_zip, osu_text
 
@@ -174,5 +177,32 @@ def test_a_connection_dropped_mid_member_is_resumed(
             wait_cached(path)
             assert server.stats()["cut_short"] >= 4
             assert "resuming at byte" in mount.log()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def fifty_sets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("fifty")
+    build_sample_library(folder, 50, audio_size=20_000)
+    return folder
+
+
+def test_a_glob_over_cold_set_folders_lists_them_in_parallel(
+    fifty_sets: Path, tmp_path: Path
+) -> None:
+    server = Server(fifty_sets, tmp_path / "server.log", "--latency", "0.05")
+    try:
+        with mounted_from(server, tmp_path) as mount:
+            before = server.stats()
+            assert before["peak_in_flight"] == 1  # the catalogue, alone
+            found = glob.glob(str(mount.mountpoint / "*" / "*.osu"))
+            after = server.stats()
+            assert len({Path(p).parent for p in found}) == 50
+            assert after["peak_in_flight"] > 1  # listings overlapped
+            # One request a listing, read ahead or not; the set with Shift-JIS names also
+            # has its .osu files read, to choose their code page.
+            asked = Counter(after["downloads"])
+            assert sorted(asked.values())[:-1] == [1] * 49
     finally:
         server.stop()
