@@ -71,8 +71,8 @@ FIRST_TAIL = 16 << 10
 READ_AHEAD_SETS = 8
 # Sets listed ahead of a reader listing set folders in order (a glob, `find`, a file manager),
 # and how many of those listings are asked for at once.
-LIST_AHEAD_SETS = 24
-LIST_AHEAD_AT_ONCE = 8
+LIST_AHEAD_SETS = 48
+LIST_AHEAD_AT_ONCE = 16
 # A member refused (bad CRC, cut-off body) is tried again after this many seconds.
 BAD_MEMBER_RETRY = 600.0
 # .osu files fetched at once (`/osu/<id>`) for provisional listings, across sets.
@@ -117,6 +117,7 @@ class Library:
         self._list_pool = trio.CapacityLimiter(LIST_AHEAD_AT_ONCE)
         self._listed_ahead: set[int] = set()  # sets listed ahead (or being listed)
         self._list_window: set[int] = set()  # sets whose readdir moved the window on
+        self._last_listed: int | None = None  # the last set whose readdir moved it
         # (beatmap id, md5) -> checked bytes of a listing cut short, for its next attempt; the
         # md5 is in the key so a map updated in between is fetched anew.
         self._kept_difficulties: OrderedDict[tuple[int, str], bytes] = OrderedDict()
@@ -227,10 +228,19 @@ class Library:
         return await self.listing(set_id)
 
     def _list_ahead(self, set_id: int) -> None:
+        """List the sets a reader will list next: those after this one in catalogue order,
+        or those before it when the reader goes backwards (bash expands `*/*.osu` from the
+        last folder to the first); both ways from the first cold folder."""
         if not self.read_ahead or self.offline or set_id in self._list_window:
             return
         self._list_window.add(set_id)
-        for next_id, _record in self.catalogue_page(set_id, LIST_AHEAD_SETS):
+        last, self._last_listed = self._last_listed, set_id
+        upcoming: list[int] = []
+        if last is None or set_id > last:
+            upcoming += [n for n, _record in self.catalogue_page(set_id, LIST_AHEAD_SETS)]
+        if last is None or set_id < last:
+            upcoming += self.store.catalogue_ids_before(set_id, LIST_AHEAD_SETS)
+        for next_id in upcoming:
             if next_id in self._listed_ahead:
                 continue
             self._listed_ahead.add(next_id)
