@@ -602,6 +602,12 @@ def umount(mountpoint: Path) -> None:
     help="Send whole archives unread, readable or not, like a mirror that never looks inside "
     "(to test what clients make of broken ones); other endpoints still answer 422.",
 )
+@click.option(
+    "--cut-after",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Drop the connection after this many bytes of any archive body (a flaky mirror).",
+)
 @click.option("--debug", is_flag=True, help="Log every step, not only what matters.")
 def serve(
     folder: Path,
@@ -612,6 +618,7 @@ def serve(
     link: int | None,
     no_ranges: bool,
     as_is: bool,
+    cut_after: int | None,
     debug: bool,
 ) -> None:
     """Serve a folder of <id>.osz files over the Hexide mirror API."""
@@ -648,6 +655,7 @@ def serve(
                     link=link,
                     ranges=not no_ranges,
                     as_is=as_is,
+                    cut_after=cut_after,
                 )
             )
             log.info("serving %s on http://%s:%d", folder, host, bound)

@@ -190,7 +190,7 @@ class Operations(pyfuse3.Operations):
             await self._readdir_root(start_id, token)
             return
         set_id, index = split_inode(inode)
-        listing = await self.library.listing(set_id)
+        listing = await self.library.read_dir(set_id)
         itself = self._entry_attributes(set_id, listing, index)
         if index == 0:
             parent = self._root_attributes()
@@ -251,12 +251,13 @@ class Operations(pyfuse3.Operations):
         if inode == ROOT or index in (0, ALIAS):
             raise OsufsError(errno.EISDIR, "not a file")
         fd = await self.library.open_file(set_id, index)
-        # Contents never change: the page cache may keep them across opens.
-        return pyfuse3.FileInfo(fh=fd, keep_cache=True)
+        # Contents never change: the page cache may keep them across opens; not those of a
+        # member still streaming in, which may yet fail its CRC.
+        return pyfuse3.FileInfo(fh=fd, keep_cache=not self.library.streaming(fd))
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return os.pread(fh, size, off)
+        return await self.library.read(fh, off, size)
 
     @fuse_errors
     async def release(self, fh: int) -> None:

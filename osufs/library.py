@@ -28,6 +28,7 @@ from osufs import archive
 from osufs.archive import ArchiveError, Limits, MemberError, ZipMember
 from osufs.catalogue import Catalogue
 from osufs.errors import OsufsError
+from osufs.fetch.streaming import Streams
 from osufs.flights import Flights, warn_once
 from osufs.listing import (
     Pin,
@@ -57,6 +58,9 @@ NEGATIVE_TTL = 3600.0
 # Members larger than this are not held in memory for a ranged read: the whole archive is
 # streamed to disk instead (they are most of its bytes anyway).
 RANGED_MEMBER_LIMIT = 8 << 20
+# Members at least this large (compressed) are streamed when opened cold: reads return as
+# their own bytes arrive (osufs/fetch/streaming.py). Smaller ones come in one range, whole.
+STREAM_MIN = 1 << 20
 # Slack for the local header's name and extra field, read along with a member's data.
 LOCAL_HEADER_SLACK = 1024
 # The first request for a set asks for this much of the archive's end: enough for the end record
@@ -65,6 +69,10 @@ LOCAL_HEADER_SLACK = 1024
 FIRST_TAIL = 16 << 10
 # Sets whose .osu files are fetched ahead of a reader scanning the library in order.
 READ_AHEAD_SETS = 8
+# Sets listed ahead of a reader listing set folders in order (a glob, `find`, a file manager),
+# and how many of those listings are asked for at once.
+LIST_AHEAD_SETS = 48
+LIST_AHEAD_AT_ONCE = 16
 # A member refused (bad CRC, cut-off body) is tried again after this many seconds.
 BAD_MEMBER_RETRY = 600.0
 # .osu files fetched at once (`/osu/<id>`) for provisional listings, across sets.
@@ -106,11 +114,23 @@ class Library:
         self._scanned: set[int] = set()  # sets whose .osu a reader opened
         self._open_files: dict[int, int] = {}  # descriptor -> set id
         self._difficulty_pool = trio.CapacityLimiter(DIFFICULTY_FETCHES)
+        self._list_pool = trio.CapacityLimiter(LIST_AHEAD_AT_ONCE)
+        self._listed_ahead: set[int] = set()  # sets listed ahead (or being listed)
+        self._list_window: set[int] = set()  # sets whose readdir moved the window on
+        self._last_listed: int | None = None  # the last set whose readdir moved it
         # (beatmap id, md5) -> checked bytes of a listing cut short, for its next attempt; the
         # md5 is in the key so a map updated in between is fetched anew.
         self._kept_difficulties: OrderedDict[tuple[int, str], bytes] = OrderedDict()
         self.catalogue = Catalogue(
             store, sources, nursery, offline=offline, catalogue_file=catalogue_file
+        )
+        self._streams = Streams(
+            store,
+            nursery,
+            commit=self._commit_blob,
+            refuse=self._note_bad_member,
+            timeout=fetch_timeout,
+            limits=limits,
         )
 
     # the root
@@ -204,6 +224,45 @@ class Library:
         if found is None:
             raise OsufsError.io(f"set {set_id}: no listing")
         return found
+
+    async def read_dir(self, set_id: int) -> SetListing:
+        """A set's listing for a reader listing its folder: the next sets in catalogue order
+        are listed in the background meanwhile, so a glob or `find` over the root moves at the
+        network's pace rather than one round trip at a time. Only a cold set, or one listed
+        ahead, moves the window on: reading what was cached before never reaches for the
+        network."""
+        if self.store.listing_get(set_id) is None or set_id in self._listed_ahead:
+            self._list_ahead(set_id)
+        return await self.listing(set_id)
+
+    def _list_ahead(self, set_id: int) -> None:
+        """List the sets a reader will list next: those after this one in catalogue order,
+        or those before it when the reader goes backwards (bash expands `*/*.osu` from the
+        last folder to the first); both ways from the first cold folder."""
+        if not self.read_ahead or self.offline or set_id in self._list_window:
+            return
+        self._list_window.add(set_id)
+        last, self._last_listed = self._last_listed, set_id
+        upcoming: list[int] = []
+        if last is None or set_id > last:
+            upcoming += [n for n, _record in self.catalogue_page(set_id, LIST_AHEAD_SETS)]
+        if last is None or set_id < last:
+            upcoming += self.store.catalogue_ids_before(set_id, LIST_AHEAD_SETS)
+        for next_id in upcoming:
+            if next_id in self._listed_ahead:
+                continue
+            self._listed_ahead.add(next_id)
+            if self.store.listing_get(next_id) is None:
+                self._nursery.start_soon(self._list_one_ahead, next_id)
+
+    async def _list_one_ahead(self, set_id: int) -> None:
+        async with self._list_pool:
+            try:
+                # Speculative: never a metered source's allowance, readers' requests first.
+                await self.listing(set_id, speculative=True)
+            except OsufsError as error:
+                log.debug("listing set %d ahead stopped: %s", set_id, error)
+                self._listed_ahead.discard(set_id)
 
     async def lookup(self, set_id: int, parent: int, name: str) -> tuple[SetListing, int]:
         """The listing and entry of `name` in directory `parent` of a set. A name a
@@ -619,6 +678,13 @@ class Library:
         try:
             path = self.store.blob_path(set_id, index)
             usage.access(set_id, hit=path is not None)
+            if path is None:
+                handle = await self._open_streaming(set_id, index)
+                if handle is not None:
+                    self._open_files[handle] = set_id
+                    self._note_scan(set_id, index)
+                    return handle
+                path = self.store.blob_path(set_id, index)  # the whole archive may have come
             for _attempt in range(3):
                 path = path or await self.member_file(set_id, index)
                 try:
@@ -637,9 +703,57 @@ class Library:
 
     def close_file(self, fd: int) -> None:
         set_id = self._open_files.pop(fd, None)
-        os.close(fd)
+        if not self._streams.close(fd):
+            os.close(fd)
         if set_id is not None:
             self.store.usage.closed(set_id)
+
+    async def read(self, fd: int, offset: int, size: int) -> bytes:
+        """Bytes of an open member: from its content file, or as its stream brings them."""
+        stream = self._streams.of(fd)
+        if stream is None:
+            return os.pread(fd, size, offset)
+        return await stream.read(offset, size)
+
+    def streaming(self, fd: int) -> bool:
+        """Whether the descriptor reads a member still arriving (and so not yet checked)."""
+        return self._streams.of(fd) is not None
+
+    async def _open_streaming(self, set_id: int, index: int) -> int | None:
+        """A handle on a cold member's stream, started if need be; None when the member is
+        small, pinned, or its set's source does not serve ranges (then it is fetched whole)."""
+        if self.offline:
+            return None
+        stream = self._streams.current(set_id, index)
+        if stream is None:
+            listing = await self.listing(set_id)
+            member = listing.member(index)
+            if listing.pin(index) is not None or member is None:
+                return None
+            if max(member.compressed_size, member.size) < STREAM_MIN:
+                return None
+            bad = self._bad_member(set_id, index)
+            if bad is not None:
+                raise bad
+            remote = await self._connect(set_id)
+            if remote is None:
+                return None  # the source sent the whole archive, now ingested
+            foreign = self._foreign.get(set_id)
+            if foreign is not None:
+                if index not in foreign:
+                    raise OsufsError.io(str(_absent(listing, index)))
+                member = foreign[index]
+            stream = self._streams.current(set_id, index)  # another open may have started it
+            if stream is None:
+                try:
+                    stream = self._streams.start(set_id, index, member, remote)
+                except MemberError as error:
+                    self._note_bad_member(set_id, index, error)
+                    raise self._bad_members[(set_id, index)][0] from None
+        return self._streams.open(stream)
+
+    async def _commit_blob(self, blob: PendingBlob) -> None:
+        await trio.to_thread.run_sync(self.store.commit_blobs, [blob])
 
     async def member_file(self, set_id: int, index: int) -> Path:
         """The local file holding one member's bytes, fetched if need be."""

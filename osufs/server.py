@@ -4,9 +4,10 @@ A test and benchmark stand-in for a real mirror. Sets are indexed lazily, one at
 the same reader (`osufs.archive`) and tree (`osufs.listing`) the filesystem uses, so names and
 layout agree with what a mount shows. Archive bodies are streamed from disk, never held whole.
 
-Beyond the Hexide API: `GET /_stats` (request, download and byte counters), a `path` field in
-each version record (its path in the set's listing), and the options `latency`, `bandwidth`
-and `ranges` for shaping the service in benchmarks and tests.
+Beyond the Hexide API: `GET /_stats` (request, download and byte counters, and the most
+requests answered at once), a `path` field in each version record (its path in the set's
+listing), and the options `latency`, `bandwidth`, `link`, `ranges` and `cut_after` for shaping
+the service in benchmarks and tests.
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ class ServerStats:
     requests: int = 0
     downloads: Counter[int] = field(default_factory=Counter)
     bytes_sent: int = 0  # response body bytes of every counted request
+    in_flight: int = 0  # requests being answered now
+    peak_in_flight: int = 0  # the most answered at once: over 1 means requests overlapped
+    cut_short: int = 0  # archive bodies ended early on purpose (`cut_after`)
 
     def snapshot(self) -> dict[str, Any]:
         """The `/_stats` JSON: ids become strings, as JSON object keys must."""
@@ -91,6 +95,9 @@ class ServerStats:
             "requests": self.requests,
             "downloads": {str(k): v for k, v in sorted(self.downloads.items())},
             "bytes_sent": self.bytes_sent,
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
+            "cut_short": self.cut_short,
         }
 
 
@@ -132,6 +139,14 @@ class Shaping:
             await self.app(scope, receive, send)
             return
         self.stats.requests += 1
+        self.stats.in_flight += 1
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
+        try:
+            await self._counted(scope, receive, send)
+        finally:
+            self.stats.in_flight -= 1
+
+    async def _counted(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.latency > 0:
             await anyio.sleep(self.latency)
         began = anyio.current_time()
@@ -217,12 +232,16 @@ class _FileResponse(Response):
         ranges: bool,
         bandwidth: int | None,
         link: Link | None,
+        cut_after: int | None = None,
+        stats: ServerStats | None = None,
     ) -> None:
         stat = os.fstat(file.fileno())
         self.file = file
         self.size = stat.st_size
         self.bandwidth = bandwidth
         self.link = link
+        self.cut_after = cut_after
+        self.stats = stats
         etag = f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"'
         headers = {
             "content-type": ARCHIVE_TYPE,
@@ -283,6 +302,8 @@ class _FileResponse(Response):
             data = await anyio.to_thread.run_sync(os.pread, self.file.fileno(), want, position)
             if not data:
                 raise OSError(f"{self.file.name}: file shrank while being sent")
+            if self.cut_after is not None and sent + len(data) > self.cut_after:
+                await self._cut(send, data[: self.cut_after - sent])
             position += len(data)
             remaining -= len(data)
             sent += len(data)
@@ -293,6 +314,19 @@ class _FileResponse(Response):
             if self.link:
                 await anyio.sleep_until(self.link.reserve(len(data)))
             await send({"type": "http.response.body", "body": data, "more_body": remaining > 0})
+
+
+    async def _cut(self, send: Send, last: bytes) -> None:
+        """End the body before its length, as a dropped connection would."""
+        if last:
+            await send({"type": "http.response.body", "body": last, "more_body": True})
+        if self.stats is not None:
+            self.stats.cut_short += 1
+        raise CutShort(f"body cut after {self.cut_after} bytes, as asked")
+
+
+class CutShort(Exception):
+    """An archive body ended early on purpose (`cut_after`); the server drops the connection."""
 
 
 def _http_date(timestamp: float) -> str:
@@ -792,6 +826,8 @@ async def download(request: Request, *, novid: bool) -> Response:
         ranges=options["ranges"],
         bandwidth=options["bandwidth"],
         link=options["link"],
+        cut_after=options["cut_after"],
+        stats=request.app.state.stats,
     )
 
 
@@ -830,13 +866,15 @@ def create_app(
     ranges: bool = True,
     limits: Limits | None = None,
     as_is: bool = False,
+    cut_after: int | None = None,
 ) -> Starlette:
     """The Hexide API over `folder`; counters in `app.state.stats` (a ServerStats).
 
     latency: seconds slept before handling each request; bandwidth: bytes per second each
     archive body is held to; link: bytes per second all archive bodies share (a client's
     downlink); ranges=False ignores Range and omits Accept-Ranges; as_is=True sends whole
-    archives unread, readable or not (to test what clients make of broken ones)."""
+    archives unread, readable or not (to test what clients make of broken ones); cut_after:
+    every archive body longer than this many bytes ends there, its connection dropped."""
     state = _Folder(Path(folder), limits or Limits())
 
     @contextlib.asynccontextmanager
@@ -876,6 +914,7 @@ def create_app(
         "link": Link(link) if link else None,
         "ranges": ranges,
         "as_is": as_is,
+        "cut_after": cut_after,
     }
     return app
 

@@ -475,6 +475,18 @@ class Store:
                     break
         return page
 
+    def catalogue_ids_before(self, before: int, limit: int) -> list[int]:
+        """Up to limit set ids below before, nearest first."""
+        ids: list[int] = []
+        with self._read() as txn:
+            cursor = txn.cursor(db=self._catalogue)
+            # At the first id from `before` on, then one back; with none, at the last id.
+            found = cursor.prev() if cursor.set_range(set_key(before)) else cursor.last()
+            while found and len(ids) < limit:
+                ids.append(struct.unpack(">Q", cursor.key())[0])
+                found = cursor.prev()
+        return ids
+
     def catalogue_add(self, records: list[tuple[int, CatalogueRecord]]) -> int:
         """Add sets not yet known; a known set keeps its first name so names never move."""
 

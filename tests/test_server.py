@@ -391,7 +391,14 @@ def test_stats(folder: Path) -> None:
 
     async def check(client: httpx.AsyncClient) -> None:
         empty = (await client.get("/_stats")).json()
-        assert empty == {"requests": 0, "downloads": {}, "bytes_sent": 0}
+        assert empty == {
+            "requests": 0,
+            "downloads": {},
+            "bytes_sent": 0,
+            "in_flight": 0,
+            "peak_in_flight": 0,
+            "cut_short": 0,
+        }
         for url, headers in [
             ("/beatmaps/", {}),
             ("/beatmaps/1/download", {}),
@@ -408,6 +415,9 @@ def test_stats(folder: Path) -> None:
             "requests": 7,
             "downloads": {"1": 3, str(VIDEO_SET): 1, str(PLAIN_SET): 1},
             "bytes_sent": sum(bodies),
+            "in_flight": 0,
+            "peak_in_flight": 1,  # one after the other
+            "cut_short": 0,
         }
 
     app = run(folder, check)
@@ -472,6 +482,35 @@ def test_link_is_shared(folder: Path) -> None:
         assert elapsed >= 1.0  # 200 kB through a 200 kB/s link, however many answers
 
     run(folder, check, link=200_000)
+
+
+def test_overlapping_requests_are_seen(folder: Path) -> None:
+    async def check(client: httpx.AsyncClient) -> None:
+        async with trio.open_nursery() as nursery:
+            for set_id in SAMPLE_IDS[:3]:
+                nursery.start_soon(client.get, f"/beatmaps/{set_id}")
+        stats = (await client.get("/_stats")).json()
+        assert stats["peak_in_flight"] == 3 and stats["in_flight"] == 0
+
+    run(folder, check, latency=0.3)
+
+
+def test_cut_after_drops_the_connection_mid_body(folder: Path) -> None:
+    data = (folder / "1.osz").read_bytes()
+
+    async def check(client: httpx.AsyncClient) -> None:
+        got = bytearray()
+        with pytest.raises(httpx.HTTPError):
+            async with client.stream("GET", "/beatmaps/1/download") as response:
+                async for chunk in response.aiter_raw():
+                    got += chunk
+        assert bytes(got) == data[:1000]
+        short = await client.get("/beatmaps/1/download", headers={"Range": "bytes=0-999"})
+        assert short.content == data[:1000]  # a body no longer than the cut is whole
+        stats = (await client.get("/_stats")).json()
+        assert stats["cut_short"] == 1 and stats["bytes_sent"] == 2000
+
+    run(folder, check, cut_after=1000)
 
 
 def test_serve_with_options(folder: Path) -> None:

@@ -192,14 +192,24 @@ class RemoteArchive:
         end = min(start + length, self.size) - 1
         if end < start:
             return b""
-        headers = {"Range": f"bytes={start}-{end}", **ARCHIVE_HEADERS}
-        async with self.source.stream("GET", self.url, headers=headers) as response:
-            if response.status_code != 206:
-                raise OsufsError.io(f"{self.source.label}: set {self.set_id}: range not honoured")
-            data = await _read_body(response, end - start + 1)
-        if len(data) != end - start + 1:
+        parts = bytearray()
+        async with self.chunks(start, length) as chunks:
+            async for chunk in chunks:
+                parts += chunk
+        if len(parts) != end - start + 1:
             raise OsufsError.io(f"{self.source.label}: set {self.set_id}: short range body")
-        return data
+        return bytes(parts)
+
+    @asynccontextmanager
+    async def chunks(self, start: int, length: int) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The bytes of one range as they arrive (a short body just ends early: the caller
+        knows how much it asked for); more than asked for, or another range, is an error."""
+        end = min(start + length, self.size) - 1
+        headers = {"Range": f"bytes={start}-{max(end, start)}", **ARCHIVE_HEADERS}
+        async with self.source.stream("GET", self.url, headers=headers) as response:
+            if response.status_code != 206 or _content_range(response)[0] != start:
+                raise OsufsError.io(f"{self.source.label}: set {self.set_id}: range not honoured")
+            yield _Bounded(response, end - start + 1)
 
 
 class Source:
@@ -655,6 +665,27 @@ async def _read_body(response: httpx.Response, limit: int) -> bytes:
         if len(parts) > limit:
             raise OsufsError.io(f"{response.url.host} sent more than it was asked for")
     return bytes(parts)
+
+
+class _Bounded:
+    """A body's chunks as they come; a server sending more than `limit` bytes is lying. (An
+    iterator class, not an async generator, so a reader may stop early without one left to
+    finalise.)"""
+
+    def __init__(self, response: httpx.Response, limit: int) -> None:
+        self._response = response
+        self._chunks = response.aiter_raw(CHUNK)
+        self._left = limit
+
+    def __aiter__(self) -> _Bounded:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._chunks.__anext__()
+        self._left -= len(chunk)
+        if self._left < 0:
+            raise OsufsError.io(f"{self._response.url.host} sent more than it was asked for")
+        return chunk
 
 
 def _origin(url: str) -> tuple[str, str]:
