@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -42,6 +43,7 @@ from osufs.sources.base import (
     _read_body,
     _ServerError,
 )
+from osufs.sources.search import SearchPage, sliced_search
 from osufs.sources.site import OSU_REFUSED_PAUSE
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,7 @@ FILES_BURST = 10
 TOKEN_MARGIN = 60.0
 # The API's search answers 50 sets a page; one sync reads at most this many pages (about
 # 100,000 sets, some 40 minutes at the background rate) and the next refresh goes on from its
-# cursor.
+# resume point (a date slice and a cursor in it: sources/search.py).
 CATALOGUE_MAX_PAGES = 2000
 # --catalogue: the API's `s=` status filter (osu-web BeatmapsetSearchRequestParams) and a sort
 # under which sets that appear later come last, so a saved cursor finds them on the next sync.
@@ -311,41 +313,32 @@ class OsuApiSource(Source):
     async def catalogue_pages(
         self, resume: str | None
     ) -> AsyncIterator[tuple[list[CatalogueEntry], str | None, bool]]:
-        """`/api/v2/beatmapsets/search`, page after page from `resume`, in the background."""
+        """`/api/v2/beatmapsets/search`, page after page from `resume`, in the background, in
+        date slices that each stay under the search's cap (sources/search.py)."""
         if self.catalogue_filter is None:
             return
         status, sort = CATALOGUES[self.catalogue_filter]
-        cursor = resume
-        for _page in range(CATALOGUE_MAX_PAGES):
+
+        async def page(since: str, cursor: str | None) -> SearchPage:
             params = {"s": status, "sort": sort, "nsfw": "true"}
-            if self.catalogue_query:
-                params["q"] = self.catalogue_query
+            query = " ".join(part for part in (self.catalogue_query, since) if part)
+            if query:
+                params["q"] = query
             if cursor:
                 params["cursor_string"] = cursor
             url = f"{self._root}/api/v2/beatmapsets/search?{urlencode(params)}"
-            page = await self._api(url, MAX_SEARCH_JSON, background=True)
-            items = page.get("beatmapsets") if isinstance(page, dict) else None
+            answer = await self._api(url, MAX_SEARCH_JSON, background=True)
+            items = answer.get("beatmapsets") if isinstance(answer, dict) else None
             if not isinstance(items, list):
                 raise OsufsError.io(f"{self.label}: the search answer holds no set list")
-            entries = []
-            for item in items:
-                try:
-                    set_id = int(item["id"])
-                except (KeyError, TypeError, ValueError):
-                    continue
-                folder = _api_folder(set_id, item) if isinstance(item, dict) else None
-                if set_id > 0 and folder:
-                    entries.append(
-                        CatalogueEntry(set_id, folder, _iso_ns(item.get("last_updated")))
-                    )
-            following = page.get("cursor_string")
-            following = following if isinstance(following, str) and following else None
-            # At the end, keep the cursor of the last page: the next sync reads it again and
-            # whatever came after it since.
-            yield entries, following or cursor, following is None
-            if following is None:
-                return
-            cursor = following
+            following = answer.get("cursor_string")
+            return SearchPage(items, (following or None) if isinstance(following, str) else None)
+
+        keyword = sort.partition("_")[0]
+        pages = sliced_search(page, keyword, resume, self.label, CATALOGUE_MAX_PAGES)
+        async with contextlib.aclosing(pages) as stream:
+            async for items, position, done in stream:
+                yield catalogue_entries(items), position, done
 
     # single .osu files
 
@@ -403,6 +396,20 @@ class OsuApiSource(Source):
             # Paced, or no usable client (said once already): the archive's copy will do.
             log.debug("%s: set %d: %s: %s", self.label, set_id, path, error)
             return None
+
+
+def catalogue_entries(items: list[Any]) -> list[CatalogueEntry]:
+    """The listable sets of a search answer in the osu! API's shape (the API's, the mirrors')."""
+    entries = []
+    for item in items:
+        try:
+            set_id = int(item["id"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        folder = _api_folder(set_id, item) if isinstance(item, dict) else None
+        if set_id > 0 and folder:
+            entries.append(CatalogueEntry(set_id, folder, _iso_ns(item.get("last_updated"))))
+    return entries
 
 
 def _api_folder(set_id: int, info: dict[str, Any]) -> str | None:
