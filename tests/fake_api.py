@@ -380,7 +380,7 @@ def api_app(state: ApiState, extra_archives: dict[int, Path] | None = None) -> S
         return RedirectResponse(f"/files/{set_id}.osz?sig=x", status_code=302)
 
     async def files(request: Request) -> Response:
-        return _ranged(request, state.archive_bytes(int(request.path_params["set_id"])))
+        return ranged(request, state.archive_bytes(int(request.path_params["set_id"])))
 
     async def mirror(request: Request) -> Response:
         name = request.path_params["name"]
@@ -412,7 +412,7 @@ def api_app(state: ApiState, extra_archives: dict[int, Path] | None = None) -> S
         set_id = int(ident.removesuffix("n"))
         if mirror.redirect:
             return RedirectResponse(f"/{name}/files/{set_id}.osz", status_code=302, headers=headers)
-        return _ranged(request, mirror_data(set_id), headers)
+        return ranged(request, mirror_data(set_id), headers)
 
     def mirror_data(set_id: int) -> bytes | None:
         data = state.archive_bytes(set_id)
@@ -422,7 +422,7 @@ def api_app(state: ApiState, extra_archives: dict[int, Path] | None = None) -> S
 
     async def mirror_file(request: Request) -> Response:
         state.mirror(request.path_params["name"]).requests.append(request.url.path)
-        return _ranged(request, mirror_data(int(request.path_params["set_id"])))
+        return ranged(request, mirror_data(int(request.path_params["set_id"])))
 
     number = "{set_id:int}"
     return Starlette(
@@ -442,7 +442,7 @@ def api_app(state: ApiState, extra_archives: dict[int, Path] | None = None) -> S
     )
 
 
-def _ranged(request: Request, data: bytes | None, headers: dict[str, str] | None = None):
+def ranged(request: Request, data: bytes | None, headers: dict[str, str] | None = None):
     headers = {"content-type": "application/octet-stream", **(headers or {})}
     if data is None:
         return PlainTextResponse("not found", status_code=404, headers=headers)

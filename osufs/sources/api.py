@@ -26,6 +26,7 @@ from osufs.sources.base import (
     MAX_SEARCH_JSON,
     MAX_SET_INFO_JSON,
     MAX_SMALL_JSON,
+    PACED_WAIT,
     CatalogueEntry,
     Difficulty,
     Pacer,
@@ -35,7 +36,6 @@ from osufs.sources.base import (
     Source,
     SourceLimited,
     SourceMismatch,
-    _clock,
     _describe,
     _hop_timeout,
     _judge,
@@ -50,13 +50,10 @@ log = logging.getLogger(__name__)
 
 # The osu! API: its documentation asks for at most 60 requests a minute. A bucket of API_BURST
 # that refills at API_PER_MINUTE never lets more than 60 through in any minute. Background
-# work (the catalogue, naming listed sets) takes a token only while CATALOGUE_RESERVE stay in
-# the bucket, so a reader waiting on the API is always served first. A reader waits at most
-# API_WAIT for a token; past that the request fails over to the next source.
+# work (the catalogue, naming listed sets) leaves BACKGROUND_RESERVE tokens to readers, who
+# wait at most PACED_WAIT for one (Source._pace).
 API_BURST = 10
 API_PER_MINUTE = 50
-CATALOGUE_RESERVE = 5
-API_WAIT = 10.0
 # Single .osu files (`/osu/<beatmap id>`) are a page of the site, not of the API, and their
 # limit is not published; they get a bucket of their own of the same shape and rate.
 # `--api-per-minute` changes the rate of both, for a service that allows more.
@@ -175,7 +172,7 @@ class OsuApiSource(Source):
             self._token = None
             if self._credentials is None or self.refused_until > time.time():
                 raise self._credentials_refused()
-            await self._pace(self.pacer)
+            await self._pace(self.pacer, what="API")
             client_id, secret = self._credentials
             form = {
                 "client_id": client_id,
@@ -225,34 +222,11 @@ class OsuApiSource(Source):
             self._token_expires = time.time() + lifetime - min(TOKEN_MARGIN, lifetime / 10)
             self.grants += 1
 
-    async def _pace(
-        self,
-        pacer: Pacer,
-        *,
-        background: bool = False,
-        longest: float = API_WAIT,
-        what: str = "API",
-    ) -> None:
-        """Wait for a token of `pacer`. Background work waits as long as it takes and lets
-        readers go first; a reader waits at most `longest` (and within its deadline), then the
-        request fails over with SourceLimited."""
-        reserve = CATALOGUE_RESERVE if background else 0.0
-        while (wait := pacer.take(reserve)) > 0:
-            if not background and (
-                wait > longest or trio.current_time() + wait >= trio.current_effective_deadline()
-            ):
-                until = time.time() + wait
-                raise SourceLimited(
-                    f"{self.label}: pacing {what} requests; the next can start at {_clock(until)}",
-                    until,
-                )
-            await trio.sleep(wait)
-
     async def _api(self, url: str, limit: int, *, background: bool = False) -> Any:
         """An API answer, with a token; a refused token is renewed once."""
         for attempt in range(2):
             await self._authorize()
-            await self._pace(self.pacer, background=background)
+            await self._pace(self.pacer, background=background, what="API")
             token = self._token
             try:
                 return await self.json(url, limit, {"Accept": "application/json"})
@@ -386,7 +360,7 @@ class OsuApiSource(Source):
             if beatmap is None:
                 return None
             checksum = str(beatmap.get("checksum") or "")
-            return await self.beatmap_file(int(beatmap["id"]), checksum, longest=API_WAIT)
+            return await self.beatmap_file(int(beatmap["id"]), checksum, longest=PACED_WAIT)
         except SourceMismatch:
             log.warning("%s: set %d: %s does not match its md5", self.label, set_id, path)
             return None
