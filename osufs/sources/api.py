@@ -317,26 +317,7 @@ class OsuApiSource(Source):
     # single .osu files
 
     async def set_difficulties(self, set_id: int, *, background: bool = False) -> SetDifficulties:
-        """The set info's beatmaps that have an id and an md5, and its `last_updated`."""
-        info = await self.set_info(set_id, background=background)
-        difficulties = []
-        for beatmap in info.get("beatmaps") or ():
-            if not isinstance(beatmap, dict):
-                continue
-            md5 = str(beatmap.get("checksum") or "").lower()
-            try:
-                beatmap_id = int(beatmap["id"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            if beatmap_id > 0 and _MD5.fullmatch(md5):
-                difficulties.append(Difficulty(beatmap_id, md5, str(beatmap.get("version") or "")))
-        return SetDifficulties(
-            _iso_ns(info.get("last_updated")),
-            str(info.get("artist") or ""),
-            str(info.get("title") or ""),
-            str(info.get("creator") or ""),
-            difficulties,
-        )
+        return set_difficulties_of(await self.set_info(set_id, background=background))
 
     async def beatmap_file(
         self, beatmap_id: int, md5: str, *, background: bool = False, longest: float = math.inf
@@ -344,11 +325,7 @@ class OsuApiSource(Source):
         """`/osu/<beatmap id>`, paced (waiting up to `longest`, within the caller's deadline;
         in the background, behind readers) and checked against md5 when one is given."""
         await self._pace(self.files_pacer, background=background, longest=longest, what=".osu file")
-        async with self.stream("GET", f"{self._root}/osu/{beatmap_id}") as response:
-            data = await _read_body(response, MAX_OSU_SIZE)
-        if md5 and hashlib.md5(data).hexdigest() != md5.lower():
-            raise SourceMismatch(f"{self.label}: /osu/{beatmap_id} does not match its md5")
-        return data
+        return await checked_osu(self, f"{self._root}/osu/{beatmap_id}", md5)
 
     async def difficulty_bytes(self, set_id: int, path: str) -> bytes | None:
         """`/osu/<beatmap id>` for the difficulty the file name names, checked by its md5."""
@@ -370,6 +347,38 @@ class OsuApiSource(Source):
             # Paced, or no usable client (said once already): the archive's copy will do.
             log.debug("%s: set %d: %s: %s", self.label, set_id, path, error)
             return None
+
+
+def set_difficulties_of(info: dict[str, Any]) -> SetDifficulties:
+    """A set info's beatmaps that have an id and an md5, and its `last_updated` (the osu! API's
+    shape, which the mirrors copy)."""
+    difficulties = []
+    for beatmap in info.get("beatmaps") or ():
+        if not isinstance(beatmap, dict):
+            continue
+        md5 = str(beatmap.get("checksum") or "").lower()
+        try:
+            beatmap_id = int(beatmap["id"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if beatmap_id > 0 and _MD5.fullmatch(md5):
+            difficulties.append(Difficulty(beatmap_id, md5, str(beatmap.get("version") or "")))
+    return SetDifficulties(
+        _iso_ns(info.get("last_updated")),
+        str(info.get("artist") or ""),
+        str(info.get("title") or ""),
+        str(info.get("creator") or ""),
+        difficulties,
+    )
+
+
+async def checked_osu(source: Source, url: str, md5: str) -> bytes:
+    """A single .osu file at `url`, checked against md5 when one is given (SourceMismatch)."""
+    async with source.stream("GET", url) as response:
+        data = await _read_body(response, MAX_OSU_SIZE)
+    if md5 and hashlib.md5(data).hexdigest() != md5.lower():
+        raise SourceMismatch(f"{source.label}: {urlsplit(url).path} does not match its md5")
+    return data
 
 
 def catalogue_entries(items: list[Any]) -> list[CatalogueEntry]:

@@ -11,6 +11,7 @@ import httpx
 from osufs.sources.api import API_PER_MINUTE, CLIENT_MISSING, OSU_SITE, OsuApiSource
 from osufs.sources.base import Source
 from osufs.sources.hexide import HexideSource
+from osufs.sources.mino import MINO_PER_MINUTE, OSU_FILE_PATHS, MinoSource
 from osufs.sources.mirrors import _NOVIDEO, MIRRORS, MirrorSource, TemplateSource
 from osufs.sources.site import COOKIE_MISSING, OsuSiteSource
 
@@ -29,6 +30,7 @@ SOURCE_KINDS: dict[str, type[Source]] = {
     "osuapi": OsuApiSource,
     "url": TemplateSource,
     **dict.fromkeys(MIRRORS, MirrorSource),
+    **dict.fromkeys(OSU_FILE_PATHS, MinoSource),
 }
 
 
@@ -64,12 +66,21 @@ class _SourceSettings(Protocol):
     cookie: str | None
     no_video: bool
     # Optional (getattr): client_id, client_secret, catalogue, catalogue_query, catalogue_file,
-    # api_per_minute.
+    # api_per_minute, mirror_per_minute.
 
 
 def build_sources(client: httpx.AsyncClient, settings: _SourceSettings) -> list[Source]:
-    """Sources in the order the user gave them."""
+    """Sources in the order the user gave them. One source lists the catalogue: the osu! API
+    when it is there, else the first mirror with Mino's search; none with a catalogue file
+    (that file is the list; the sources name its sets one by one)."""
     built: list[Source] = []
+    chosen = getattr(settings, "catalogue", None) or (
+        "none" if getattr(settings, "catalogue_file", None) else "ranked"
+    )
+    catalogue: str | None = None if chosen == "none" else chosen
+    lister = next((spec for spec in settings.sources if spec.kind == "osuapi"), None) or next(
+        (spec for spec in settings.sources if spec.kind in OSU_FILE_PATHS), None
+    )
     for spec in settings.sources:
         if spec.kind == "osu":
             if not settings.cookie:
@@ -82,19 +93,27 @@ def build_sources(client: httpx.AsyncClient, settings: _SourceSettings) -> list[
             secret = getattr(settings, "client_secret", None)
             if not (client_id and secret):
                 log.warning("%s", CLIENT_MISSING)
-            # With a catalogue file, that file is the list; the API names its sets one by one.
-            catalogue = getattr(settings, "catalogue", None) or (
-                "none" if getattr(settings, "catalogue_file", None) else "ranked"
-            )
             built.append(
                 OsuApiSource(
                     client,
                     spec.url,
                     (client_id, secret) if client_id and secret else None,
                     no_video=settings.no_video,
-                    catalogue=None if catalogue == "none" else catalogue,
+                    catalogue=catalogue if spec is lister else None,
                     query=getattr(settings, "catalogue_query", None) or "",
                     per_minute=getattr(settings, "api_per_minute", None) or API_PER_MINUTE,
+                )
+            )
+        elif spec.kind in OSU_FILE_PATHS:
+            built.append(
+                MinoSource(
+                    client,
+                    spec.url,
+                    name=spec.kind,
+                    no_video=settings.no_video,
+                    catalogue=catalogue if spec is lister else None,
+                    query=getattr(settings, "catalogue_query", None) or "",
+                    per_minute=getattr(settings, "mirror_per_minute", None) or MINO_PER_MINUTE,
                 )
             )
         elif spec.kind in MIRRORS:
