@@ -263,6 +263,13 @@ LIBRARY_OPTIONS = [
         "private API-compatible one): the osu! API asks for at most 60. [default: 50]",
     ),
     click.option(
+        "--mirror-per-minute",
+        type=click.FloatRange(min=0, min_open=True),
+        help="Requests a minute the catboy and osudirect sources send, every endpoint together "
+        "(after a burst of 10). Mino allows 60 and bans a client that goes on past its 429s; "
+        "raise it only for a mirror that allows more. [default: 50]",
+    ),
+    click.option(
         "--no-video",
         is_flag=True,
         help="Ask sources for archives without video: /download/novid (hexide), ?noVideo=1 "

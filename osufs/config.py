@@ -35,6 +35,7 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "catalogue_query": str,
     "catalogue_file": str,
     "api_per_minute": (int, float),
+    "mirror_per_minute": (int, float),
 }
 PATH_KEYS = {"cache_dir", "cookie_file", "writable", "client_file", "catalogue_file"}
 

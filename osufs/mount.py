@@ -61,6 +61,7 @@ class MountConfig:
     catalogue_query: str = ""
     catalogue_file: Path | None = None  # set ids; the root then lists exactly those
     api_per_minute: float | None = None  # the API's and /osu/'s pace; None: 50 a minute
+    mirror_per_minute: float | None = None  # Mino's and osu.direct's pace; None: 50 a minute
 
 
 def fuse_options(config: MountConfig) -> set[str]:

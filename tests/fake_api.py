@@ -6,10 +6,16 @@ limited mirrors, on loopback, in one ASGI app (served by `tests.helpers.Threaded
 - `GET /api/v2/beatmapsets/<id>`: set info built from the archive's own .osu files (artist,
   title and creator of the first; one beatmap per difficulty with its `id`, `version` and md5
   `checksum`), `availability.download_disabled` from `disabled`.
-- `GET /api/v2/beatmapsets/search?s=&cursor_string=&q=`: `page_size` sets a page in id order,
+- `GET /api/v2/beatmapsets/search?s=&sort=&cursor_string=&q=`: `page_size` sets a page,
   filtered by status like osu-web (`ranked` is ranked and approved, `any` is everything, none is
-  ranked, approved and loved); `q` matches the title; the cursor is opaque base64 JSON;
+  ranked, approved and loved); `q` matches the title, and its `ranked>=DATE`, `updated<DATE`
+  (any of `< <= > >= =`) filters the dates like osu-web's query parser; sorted by `sort`
+  (`ranked_asc`, `updated_asc`; else by id); the cursor is opaque base64 JSON; like osu-web's
+  Elasticsearch, a query yields at most `search_cap` results (10,000), then the cursor ends;
   past `search_limit` searches it answers 429.
+- With `per_minute`, the API (`/oauth/token`, `/api/`, `/osu/`) counts every request against
+  that allowance a `window` (fixed, from the first request), sends Laravel's
+  `X-RateLimit-Limit`/`-Remaining` and answers 429 with `Retry-After` past it (`limited_api`).
 - `GET /osu/<beatmap id>`: the .osu bytes, without login; `wrong_osu` beatmaps get a changed
   byte, `failing_osu` ones answer 503. A request that carries the API token there is a violation.
 - The site: `/home/download-quota-check` with the session cookie answers `quota_used`;
@@ -27,11 +33,14 @@ import base64
 import hashlib
 import json
 import math
+import re
 import secrets
 import time
 import zipfile
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -68,6 +77,16 @@ class ApiSet:
     status: str = "ranked"
     disabled: bool = False
 
+    @property
+    def ranked_date(self) -> str:
+        """Half an hour per set id from 2010: dates that grow with ids, a few dozen a day."""
+        when = datetime(2010, 1, 1, tzinfo=UTC) + timedelta(minutes=30 * self.set_id)
+        return when.isoformat()
+
+    @property
+    def last_updated(self) -> str:
+        return f"2020-01-{1 + self.set_id % 28:02d}T12:00:00+00:00"
+
     def summary(self) -> dict[str, Any]:
         return {
             "id": self.set_id,
@@ -78,7 +97,8 @@ class ApiSet:
             "creator": self.creator,
             "status": self.status,
             "video": False,
-            "last_updated": f"2020-01-{1 + self.set_id % 28:02d}T12:00:00+00:00",
+            "last_updated": self.last_updated,
+            "ranked_date": self.ranked_date,
             "availability": {
                 "download_disabled": self.disabled,
                 "more_information": "DMCA takedown" if self.disabled else None,
@@ -134,6 +154,7 @@ class MirrorState:
 class ApiState:
     sets: dict[int, ApiSet]
     page_size: int = 50
+    search_cap: int = 10_000
     search_limit: int | None = None  # searches answered; later ones get 429 (Retry-After 3600)
     token_lifetime: int = 86400
     wrong_osu: set[int] = field(default_factory=set)
@@ -143,6 +164,10 @@ class ApiState:
     download_limit: int | None = None
     retry_after: str | None = None
     mirrors: dict[str, MirrorState] = field(default_factory=dict)
+    per_minute: int | None = None  # the API's allowance a window; None: no limit, no headers
+    window: float = 60.0
+    used: int = 0
+    window_start: float = 0.0
     # What it saw.
     tokens: dict[str, float] = field(default_factory=dict)  # token -> expiry (unix time)
     grants: int = 0
@@ -154,6 +179,7 @@ class ApiState:
     quota_checks: int = 0
     downloads: Counter[int] = field(default_factory=Counter)
     limited: int = 0
+    limited_api: int = 0  # 429s the API's allowance sent
     violations: list[str] = field(default_factory=list)
 
     def revoke_tokens(self) -> None:
@@ -167,14 +193,54 @@ class ApiState:
         return found.archive.read_bytes() if found else None
 
 
-def _cursor(set_id: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"id": set_id}).encode()).decode()
+def _cursor(key: tuple[str, int], served: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"key": key, "n": served}).encode()).decode()
 
 
-def _after(cursor: str | None) -> int:
+def _after(cursor: str | None) -> tuple[tuple[str, int] | None, int]:
+    """The sort key a cursor names and how many results the query has served up to it."""
     if not cursor:
-        return 0
-    return int(json.loads(base64.urlsafe_b64decode(cursor.encode()))["id"])
+        return None, 0
+    found = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+    return (found["key"][0], found["key"][1]), found["n"]
+
+
+_FILTER = re.compile(r"(ranked|updated)(<=|>=|<|>|=)(\d{4}-\d{2}-\d{2})")
+_COMPARE = {
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "=": lambda a, b: a == b,
+}
+
+
+def search_sets(sets: dict[int, ApiSet], status: str, sort: str, query: str) -> list[ApiSet]:
+    """The sets a search matches, in its order: by status, by title words, by `ranked` and
+    `updated` date filters (compared by day, like osu-web's query parser), sorted by `sort`."""
+    wanted = STATUSES.get(status, set())
+    filters = _FILTER.findall(query)
+    words = _FILTER.sub(" ", query).lower().split()
+
+    def dated(found: ApiSet, field: str) -> str:
+        return (found.ranked_date if field == "ranked" else found.last_updated)[:10]
+
+    matching = [
+        found
+        for _set_id, found in sorted(sets.items())
+        if found.status in wanted
+        and all(word in found.title.lower() for word in words)
+        and all(_COMPARE[op](dated(found, field), day) for field, op, day in filters)
+    ]
+    return sorted(matching, key=lambda found: sort_key(found, sort))
+
+
+def sort_key(found: ApiSet, sort: str) -> tuple[str, int]:
+    if sort.startswith("ranked"):
+        return found.ranked_date, found.set_id
+    if sort.startswith("updated"):
+        return found.last_updated, found.set_id
+    return "", found.set_id
 
 
 STATUSES = {
@@ -192,6 +258,28 @@ def api_app(state: ApiState, extra_archives: dict[int, Path] | None = None) -> S
     mirror_only = dict(extra_archives or {})
     # The benchmark serves thousands of difficulties: find one by id at once.
     beatmaps = {b.beatmap_id: b for s in state.sets.values() for b in s.beatmaps}
+
+    def metered(handler: Callable[[Request], Awaitable[Response]]):
+        """The API's allowance (`per_minute` a `window`) around a handler, with its headers."""
+
+        async def answer(request: Request) -> Response:
+            if state.per_minute is None:
+                return await handler(request)
+            now = time.time()
+            if now - state.window_start >= state.window:
+                state.window_start, state.used = now, 0
+            reset = max(1, math.ceil(state.window_start + state.window - now))
+            if state.used >= state.per_minute:
+                state.limited_api += 1
+                headers = {"retry-after": str(reset), "x-ratelimit-remaining": "0"}
+                return JSONResponse({"error": "Too Many Attempts."}, 429, headers=headers)
+            state.used += 1
+            response = await handler(request)
+            response.headers["x-ratelimit-limit"] = str(state.per_minute)
+            response.headers["x-ratelimit-remaining"] = str(state.per_minute - state.used)
+            return response
+
+        return answer
 
     def authorised(request: Request) -> bool:
         header = request.headers.get("authorization", "")
@@ -235,22 +323,21 @@ def api_app(state: ApiState, extra_archives: dict[int, Path] | None = None) -> S
         state.searches.append(params)
         if state.search_limit is not None and len(state.searches) > state.search_limit:
             return JSONResponse({}, status_code=429, headers={"retry-after": "3600"})
-        wanted = STATUSES.get(params.get("s", ""), set())
-        query = params.get("q", "").lower()
-        after = _after(params.get("cursor_string"))
-        matching = [
-            s
-            for set_id, s in sorted(state.sets.items())
-            if s.status in wanted and (not query or query in s.title.lower())
-        ]
-        rest = [s for s in matching if s.set_id > after]
-        page = rest[: state.page_size]
-        following = _cursor(page[-1].set_id) if len(rest) > len(page) else None
+        matching = search_sets(
+            state.sets, params.get("s", ""), params.get("sort", ""), params.get("q", "")
+        )
+        sort = params.get("sort", "")
+        after, served = _after(params.get("cursor_string"))
+        rest = [s for s in matching if after is None or sort_key(s, sort) > after]
+        page = rest[: max(0, min(state.page_size, state.search_cap - served))]
+        served += len(page)
+        more = len(rest) > len(page) and served < state.search_cap
+        following = _cursor(sort_key(page[-1], sort), served) if more else None
         return JSONResponse(
             {
                 "beatmapsets": [{**s.summary(), "beatmaps": []} for s in page],
                 "cursor_string": following,
-                "total": len(matching),
+                "total": min(len(matching), state.search_cap),
             }
         )
 
@@ -293,7 +380,7 @@ def api_app(state: ApiState, extra_archives: dict[int, Path] | None = None) -> S
         return RedirectResponse(f"/files/{set_id}.osz?sig=x", status_code=302)
 
     async def files(request: Request) -> Response:
-        return _ranged(request, state.archive_bytes(int(request.path_params["set_id"])))
+        return ranged(request, state.archive_bytes(int(request.path_params["set_id"])))
 
     async def mirror(request: Request) -> Response:
         name = request.path_params["name"]
@@ -325,7 +412,7 @@ def api_app(state: ApiState, extra_archives: dict[int, Path] | None = None) -> S
         set_id = int(ident.removesuffix("n"))
         if mirror.redirect:
             return RedirectResponse(f"/{name}/files/{set_id}.osz", status_code=302, headers=headers)
-        return _ranged(request, mirror_data(set_id), headers)
+        return ranged(request, mirror_data(set_id), headers)
 
     def mirror_data(set_id: int) -> bytes | None:
         data = state.archive_bytes(set_id)
@@ -335,15 +422,15 @@ def api_app(state: ApiState, extra_archives: dict[int, Path] | None = None) -> S
 
     async def mirror_file(request: Request) -> Response:
         state.mirror(request.path_params["name"]).requests.append(request.url.path)
-        return _ranged(request, mirror_data(int(request.path_params["set_id"])))
+        return ranged(request, mirror_data(int(request.path_params["set_id"])))
 
     number = "{set_id:int}"
     return Starlette(
         routes=[
-            Route("/oauth/token", token, methods=["POST"]),
-            Route("/api/v2/beatmapsets/search", search),
-            Route(f"/api/v2/beatmapsets/{number}", set_info),
-            Route("/osu/{beatmap_id:int}", osu_file),
+            Route("/oauth/token", metered(token), methods=["POST"]),
+            Route("/api/v2/beatmapsets/search", metered(search)),
+            Route(f"/api/v2/beatmapsets/{number}", metered(set_info)),
+            Route("/osu/{beatmap_id:int}", metered(osu_file)),
             Route("/home/download-quota-check", quota),
             Route(f"/beatmapsets/{number}/download", download),
             Route(f"/files/{number}.osz", files),
@@ -355,7 +442,7 @@ def api_app(state: ApiState, extra_archives: dict[int, Path] | None = None) -> S
     )
 
 
-def _ranged(request: Request, data: bytes | None, headers: dict[str, str] | None = None):
+def ranged(request: Request, data: bytes | None, headers: dict[str, str] | None = None):
     headers = {"content-type": "application/octet-stream", **(headers or {})}
     if data is None:
         return PlainTextResponse("not found", status_code=404, headers=headers)

@@ -172,19 +172,19 @@ def browse_then_scan(
     options = [
         *api_options(url, client_file, "--catalogue", "none"),
         "--source",
-        f"catboy={url}/catboy",
+        f"nerinyan={url}/nerinyan",
         *NO_READ_AHEAD,
     ]
     cache = tmp_path / "cache"
     with mounted(tmp_path / "mnt", cache, tmp_path / "browse.log", *options) as mount:
         for set_id in sets:
             os.listdir(mount.mountpoint / str(set_id))
-    before = len(state.mirror("catboy").requests)
+    before = len(state.mirror("nerinyan").requests)
     with mounted(tmp_path / "mnt", cache, tmp_path / "scan.log", *options) as mount:
         for set_id in sets:
             for name, data in osu_files(archives / f"{set_id}.osz").items():
                 assert (mount.mountpoint / str(set_id) / name).read_bytes() == data, name
-    return state.mirror("catboy").requests[before:], mount.log()
+    return state.mirror("nerinyan").requests[before:], mount.log()
 
 
 def test_osu_files_come_from_the_site_without_the_archive(
@@ -232,7 +232,7 @@ def test_the_token_is_reused_renewed_on_expiry_and_after_a_401(
     options = [
         *api_options(url, client_file, "--catalogue", "none"),
         "--source",
-        f"catboy={url}/catboy",
+        f"nerinyan={url}/nerinyan",
         *NO_READ_AHEAD,
     ]
     with mounted(tmp_path / "mnt", tmp_path / "cache", tmp_path / "mount.log", *options) as mount:
@@ -259,7 +259,7 @@ def test_a_refused_client_is_said_once_and_names_come_from_archives(
     options = [
         *api_options(url, wrong, "--catalogue", "none"),
         "--source",
-        f"catboy={url}/catboy",
+        f"nerinyan={url}/nerinyan",
         *NO_READ_AHEAD,
     ]
     with mounted(tmp_path / "mnt", tmp_path / "cache", tmp_path / "mount.log", *options) as mount:
@@ -279,7 +279,8 @@ def test_the_mirror_headers_slow_osufs_before_any_429(
     state, url = api
     state.mirror("catboy").limit = 3
     sets = [100001, 100002, 100004, 100005]  # no legacy names
-    options = ["--source", f"catboy={url}/catboy", "--source", f"nerinyan={url}/nerinyan"]
+    plain = f"url={url}/catboy/d/{{id}}"  # a plain mirror (catboy by name is Mino: test_mino.py)
+    options = ["--source", plain, "--source", f"nerinyan={url}/nerinyan"]
     with mounted(
         tmp_path / "mnt", tmp_path / "cache", tmp_path / "mount.log", *options, *NO_READ_AHEAD
     ) as mount:
@@ -306,7 +307,8 @@ def test_a_418_sidelines_the_mirror_and_says_so_once(
 ):
     state, url = api
     state.mirror("catboy").banned = True
-    options = ["--source", f"catboy={url}/catboy", "--source", f"osudirect={url}/osudirect"]
+    plain = f"url={url}/catboy/d/{{id}}{{novideo:n}}"  # catboy by name is Mino: test_mino.py
+    options = ["--source", plain, "--source", f"nerinyan={url}/nerinyan"]
     with mounted(
         tmp_path / "mnt",
         tmp_path / "cache",
@@ -319,10 +321,10 @@ def test_a_418_sidelines_the_mirror_and_says_so_once(
             for name, data in osu_files(archives / f"{set_id}.osz").items():
                 assert (mount.mountpoint / str(set_id) / name).read_bytes() == data
     assert state.mirror("catboy").requests == ["/catboy/d/100001n"], "the banned mirror was asked"
-    assert "/osudirect/api/d/100002?noVideo=1" in state.mirror("osudirect").requests
+    assert "/nerinyan/d/100002?noVideo=1" in state.mirror("nerinyan").requests
     log_text = mount.log()
     assert log_text.count("usually for asking too often; not asked again until") == 1
-    assert "catboy 127.0.0.1" in log_text
+    assert "url 127.0.0.1" in log_text
 
 
 def test_a_mirror_alone_and_resting_fails_fast_and_says_until_when(
@@ -365,7 +367,7 @@ def test_the_catalogue_file_lists_exactly_its_sets(
         # The API's ranked list goes into the index too; the root still lists only the file.
         *api_options(url, client_file, "--catalogue", "ranked"),
         "--source",
-        f"catboy={url}/catboy",
+        f"nerinyan={url}/nerinyan",
         "--catalogue-file",
         str(listed),
         *NO_READ_AHEAD,
@@ -380,7 +382,7 @@ def test_the_catalogue_file_lists_exactly_its_sets(
         assert target.startswith(f"{ONLY_ON_MIRRORS} ")
         assert set(os.listdir(mount.mountpoint)) == named | {target}
     assert "1 wait for a lookup by id" in mount.log()
-    assert state.mirror("catboy").requests[0] == f"/catboy/d/{ONLY_ON_MIRRORS}"
+    assert state.mirror("nerinyan").requests[0] == f"/nerinyan/d/{ONLY_ON_MIRRORS}"
 
 
 def test_catalogue_file_syntax(tmp_path: Path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -25,6 +26,7 @@ from osufs.sources.base import (
     MAX_SEARCH_JSON,
     MAX_SET_INFO_JSON,
     MAX_SMALL_JSON,
+    PACED_WAIT,
     CatalogueEntry,
     Difficulty,
     Pacer,
@@ -34,7 +36,6 @@ from osufs.sources.base import (
     Source,
     SourceLimited,
     SourceMismatch,
-    _clock,
     _describe,
     _hop_timeout,
     _judge,
@@ -42,19 +43,17 @@ from osufs.sources.base import (
     _read_body,
     _ServerError,
 )
+from osufs.sources.search import SearchPage, sliced_search
 from osufs.sources.site import OSU_REFUSED_PAUSE
 
 log = logging.getLogger(__name__)
 
 # The osu! API: its documentation asks for at most 60 requests a minute. A bucket of API_BURST
 # that refills at API_PER_MINUTE never lets more than 60 through in any minute. Background
-# work (the catalogue, naming listed sets) takes a token only while CATALOGUE_RESERVE stay in
-# the bucket, so a reader waiting on the API is always served first. A reader waits at most
-# API_WAIT for a token; past that the request fails over to the next source.
+# work (the catalogue, naming listed sets) leaves BACKGROUND_RESERVE tokens to readers, who
+# wait at most PACED_WAIT for one (Source._pace).
 API_BURST = 10
 API_PER_MINUTE = 50
-CATALOGUE_RESERVE = 5
-API_WAIT = 10.0
 # Single .osu files (`/osu/<beatmap id>`) are a page of the site, not of the API, and their
 # limit is not published; they get a bucket of their own of the same shape and rate.
 # `--api-per-minute` changes the rate of both, for a service that allows more.
@@ -63,7 +62,7 @@ FILES_BURST = 10
 TOKEN_MARGIN = 60.0
 # The API's search answers 50 sets a page; one sync reads at most this many pages (about
 # 100,000 sets, some 40 minutes at the background rate) and the next refresh goes on from its
-# cursor.
+# resume point (a date slice and a cursor in it: sources/search.py).
 CATALOGUE_MAX_PAGES = 2000
 # --catalogue: the API's `s=` status filter (osu-web BeatmapsetSearchRequestParams) and a sort
 # under which sets that appear later come last, so a saved cursor finds them on the next sync.
@@ -173,7 +172,7 @@ class OsuApiSource(Source):
             self._token = None
             if self._credentials is None or self.refused_until > time.time():
                 raise self._credentials_refused()
-            await self._pace(self.pacer)
+            await self._pace(self.pacer, what="API")
             client_id, secret = self._credentials
             form = {
                 "client_id": client_id,
@@ -223,34 +222,11 @@ class OsuApiSource(Source):
             self._token_expires = time.time() + lifetime - min(TOKEN_MARGIN, lifetime / 10)
             self.grants += 1
 
-    async def _pace(
-        self,
-        pacer: Pacer,
-        *,
-        background: bool = False,
-        longest: float = API_WAIT,
-        what: str = "API",
-    ) -> None:
-        """Wait for a token of `pacer`. Background work waits as long as it takes and lets
-        readers go first; a reader waits at most `longest` (and within its deadline), then the
-        request fails over with SourceLimited."""
-        reserve = CATALOGUE_RESERVE if background else 0.0
-        while (wait := pacer.take(reserve)) > 0:
-            if not background and (
-                wait > longest or trio.current_time() + wait >= trio.current_effective_deadline()
-            ):
-                until = time.time() + wait
-                raise SourceLimited(
-                    f"{self.label}: pacing {what} requests; the next can start at {_clock(until)}",
-                    until,
-                )
-            await trio.sleep(wait)
-
     async def _api(self, url: str, limit: int, *, background: bool = False) -> Any:
         """An API answer, with a token; a refused token is renewed once."""
         for attempt in range(2):
             await self._authorize()
-            await self._pace(self.pacer, background=background)
+            await self._pace(self.pacer, background=background, what="API")
             token = self._token
             try:
                 return await self.json(url, limit, {"Accept": "application/json"})
@@ -311,65 +287,37 @@ class OsuApiSource(Source):
     async def catalogue_pages(
         self, resume: str | None
     ) -> AsyncIterator[tuple[list[CatalogueEntry], str | None, bool]]:
-        """`/api/v2/beatmapsets/search`, page after page from `resume`, in the background."""
+        """`/api/v2/beatmapsets/search`, page after page from `resume`, in the background, in
+        date slices that each stay under the search's cap (sources/search.py)."""
         if self.catalogue_filter is None:
             return
         status, sort = CATALOGUES[self.catalogue_filter]
-        cursor = resume
-        for _page in range(CATALOGUE_MAX_PAGES):
+
+        async def page(since: str, cursor: str | None) -> SearchPage:
             params = {"s": status, "sort": sort, "nsfw": "true"}
-            if self.catalogue_query:
-                params["q"] = self.catalogue_query
+            query = " ".join(part for part in (self.catalogue_query, since) if part)
+            if query:
+                params["q"] = query
             if cursor:
                 params["cursor_string"] = cursor
             url = f"{self._root}/api/v2/beatmapsets/search?{urlencode(params)}"
-            page = await self._api(url, MAX_SEARCH_JSON, background=True)
-            items = page.get("beatmapsets") if isinstance(page, dict) else None
+            answer = await self._api(url, MAX_SEARCH_JSON, background=True)
+            items = answer.get("beatmapsets") if isinstance(answer, dict) else None
             if not isinstance(items, list):
                 raise OsufsError.io(f"{self.label}: the search answer holds no set list")
-            entries = []
-            for item in items:
-                try:
-                    set_id = int(item["id"])
-                except (KeyError, TypeError, ValueError):
-                    continue
-                folder = _api_folder(set_id, item) if isinstance(item, dict) else None
-                if set_id > 0 and folder:
-                    entries.append(
-                        CatalogueEntry(set_id, folder, _iso_ns(item.get("last_updated")))
-                    )
-            following = page.get("cursor_string")
-            following = following if isinstance(following, str) and following else None
-            # At the end, keep the cursor of the last page: the next sync reads it again and
-            # whatever came after it since.
-            yield entries, following or cursor, following is None
-            if following is None:
-                return
-            cursor = following
+            following = answer.get("cursor_string")
+            return SearchPage(items, (following or None) if isinstance(following, str) else None)
+
+        keyword = sort.partition("_")[0]
+        pages = sliced_search(page, keyword, resume, self.label, CATALOGUE_MAX_PAGES)
+        async with contextlib.aclosing(pages) as stream:
+            async for items, position, done in stream:
+                yield catalogue_entries(items), position, done
 
     # single .osu files
 
     async def set_difficulties(self, set_id: int, *, background: bool = False) -> SetDifficulties:
-        """The set info's beatmaps that have an id and an md5, and its `last_updated`."""
-        info = await self.set_info(set_id, background=background)
-        difficulties = []
-        for beatmap in info.get("beatmaps") or ():
-            if not isinstance(beatmap, dict):
-                continue
-            md5 = str(beatmap.get("checksum") or "").lower()
-            try:
-                beatmap_id = int(beatmap["id"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            if beatmap_id > 0 and _MD5.fullmatch(md5):
-                difficulties.append(Difficulty(beatmap_id, md5, str(beatmap.get("version") or "")))
-        return SetDifficulties(
-            _iso_ns(info.get("last_updated")),
-            str(info.get("artist") or ""),
-            str(info.get("title") or ""),
-            str(info.get("creator") or ""),
-            difficulties,
-        )
+        return set_difficulties_of(await self.set_info(set_id, background=background))
 
     async def beatmap_file(
         self, beatmap_id: int, md5: str, *, background: bool = False, longest: float = math.inf
@@ -377,11 +325,7 @@ class OsuApiSource(Source):
         """`/osu/<beatmap id>`, paced (waiting up to `longest`, within the caller's deadline;
         in the background, behind readers) and checked against md5 when one is given."""
         await self._pace(self.files_pacer, background=background, longest=longest, what=".osu file")
-        async with self.stream("GET", f"{self._root}/osu/{beatmap_id}") as response:
-            data = await _read_body(response, MAX_OSU_SIZE)
-        if md5 and hashlib.md5(data).hexdigest() != md5.lower():
-            raise SourceMismatch(f"{self.label}: /osu/{beatmap_id} does not match its md5")
-        return data
+        return await checked_osu(self, f"{self._root}/osu/{beatmap_id}", md5)
 
     async def difficulty_bytes(self, set_id: int, path: str) -> bytes | None:
         """`/osu/<beatmap id>` for the difficulty the file name names, checked by its md5."""
@@ -393,7 +337,7 @@ class OsuApiSource(Source):
             if beatmap is None:
                 return None
             checksum = str(beatmap.get("checksum") or "")
-            return await self.beatmap_file(int(beatmap["id"]), checksum, longest=API_WAIT)
+            return await self.beatmap_file(int(beatmap["id"]), checksum, longest=PACED_WAIT)
         except SourceMismatch:
             log.warning("%s: set %d: %s does not match its md5", self.label, set_id, path)
             return None
@@ -403,6 +347,52 @@ class OsuApiSource(Source):
             # Paced, or no usable client (said once already): the archive's copy will do.
             log.debug("%s: set %d: %s: %s", self.label, set_id, path, error)
             return None
+
+
+def set_difficulties_of(info: dict[str, Any]) -> SetDifficulties:
+    """A set info's beatmaps that have an id and an md5, and its `last_updated` (the osu! API's
+    shape, which the mirrors copy)."""
+    difficulties = []
+    for beatmap in info.get("beatmaps") or ():
+        if not isinstance(beatmap, dict):
+            continue
+        md5 = str(beatmap.get("checksum") or "").lower()
+        try:
+            beatmap_id = int(beatmap["id"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if beatmap_id > 0 and _MD5.fullmatch(md5):
+            difficulties.append(Difficulty(beatmap_id, md5, str(beatmap.get("version") or "")))
+    return SetDifficulties(
+        _iso_ns(info.get("last_updated")),
+        str(info.get("artist") or ""),
+        str(info.get("title") or ""),
+        str(info.get("creator") or ""),
+        difficulties,
+    )
+
+
+async def checked_osu(source: Source, url: str, md5: str) -> bytes:
+    """A single .osu file at `url`, checked against md5 when one is given (SourceMismatch)."""
+    async with source.stream("GET", url) as response:
+        data = await _read_body(response, MAX_OSU_SIZE)
+    if md5 and hashlib.md5(data).hexdigest() != md5.lower():
+        raise SourceMismatch(f"{source.label}: {urlsplit(url).path} does not match its md5")
+    return data
+
+
+def catalogue_entries(items: list[Any]) -> list[CatalogueEntry]:
+    """The listable sets of a search answer in the osu! API's shape (the API's, the mirrors')."""
+    entries = []
+    for item in items:
+        try:
+            set_id = int(item["id"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        folder = _api_folder(set_id, item) if isinstance(item, dict) else None
+        if set_id > 0 and folder:
+            entries.append(CatalogueEntry(set_id, folder, _iso_ns(item.get("last_updated"))))
+    return entries
 
 
 def _api_folder(set_id: int, info: dict[str, Any]) -> str | None:

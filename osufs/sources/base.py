@@ -59,6 +59,12 @@ MAX_SMALL_JSON = 64 << 10
 # and does not say for how long; an hour leaves it alone long enough not to prolong the ban,
 # while the other sources carry on. A longer Retry-After wins.
 MIRROR_BAN_PAUSE = 3600.0
+# A paced source (Source._pace): background work (the catalogue, naming listed sets, reading
+# ahead) takes a token only while BACKGROUND_RESERVE stay in the bucket, so a reader waiting
+# on the source is always served first. A reader waits at most PACED_WAIT for a token; past
+# that the request fails over to the next source.
+BACKGROUND_RESERVE = 5
+PACED_WAIT = 10.0
 
 
 class SourceMissing(OsufsError):
@@ -460,6 +466,29 @@ class Source:
             warn=True,
         )
         return SourceLimited(f"{self.label}: banned for now (HTTP 418)", until)
+
+    async def _pace(
+        self,
+        pacer: Pacer,
+        *,
+        background: bool = False,
+        longest: float = PACED_WAIT,
+        what: str = "its",
+    ) -> None:
+        """Wait for a token of `pacer`. Background work waits as long as it takes and lets
+        readers go first; a reader waits at most `longest` (and within its deadline), then the
+        request fails over with SourceLimited."""
+        reserve = BACKGROUND_RESERVE if background else 0.0
+        while (wait := pacer.take(reserve)) > 0:
+            if not background and (
+                wait > longest or trio.current_time() + wait >= trio.current_effective_deadline()
+            ):
+                until = time.time() + wait
+                raise SourceLimited(
+                    f"{self.label}: pacing {what} requests; the next can start at {_clock(until)}",
+                    until,
+                )
+            await trio.sleep(wait)
 
     async def _backoff(self, attempt: int, error: Exception) -> None:
         """Sleep before retry `attempt + 1`, or raise when none is left or time is short."""

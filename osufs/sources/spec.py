@@ -13,6 +13,7 @@ import httpx
 from osufs.sources.api import API_PER_MINUTE, CLIENT_MISSING, OSU_SITE, OsuApiSource
 from osufs.sources.base import Source
 from osufs.sources.hexide import HexideSource
+from osufs.sources.mino import MINO_PER_MINUTE, OSU_FILE_PATHS, MinoSource
 from osufs.sources.mirrors import _NOVIDEO, MIRRORS, MirrorSource, TemplateSource
 from osufs.sources.onlinedb import ONLINE_DB_URL, OnlineDbSource, lazer_data_folder
 from osufs.sources.site import COOKIE_MISSING, OsuSiteSource
@@ -34,6 +35,7 @@ SOURCE_KINDS: dict[str, type[Source]] = {
     "onlinedb": OnlineDbSource,
     "url": TemplateSource,
     **dict.fromkeys(MIRRORS, MirrorSource),
+    **dict.fromkeys(OSU_FILE_PATHS, MinoSource),
 }
 
 
@@ -75,7 +77,7 @@ class _SourceSettings(Protocol):
     no_video: bool
     cache_dir: Path
     # Optional (getattr): client_id, client_secret, catalogue, catalogue_query, catalogue_file,
-    # api_per_minute, offline.
+    # api_per_minute, mirror_per_minute, offline.
 
 
 def onlinedb_location(spec: SourceSpec) -> str:
@@ -91,11 +93,19 @@ def build_sources(
     settings: _SourceSettings,
     local: Callable[[str], bytes | None] = lambda md5: None,
 ) -> list[Source]:
-    """Sources in the order the user gave them; `local` is the cache's .osu files by md5."""
+    """Sources in the order the user gave them; `local` is the cache's .osu files by md5. One
+    source lists the catalogue: online.db when it is there, else the osu! API, else the first
+    mirror with Mino's search; a catalogue file is the list unless --catalogue asks for more
+    (the sources then name its sets one by one)."""
     built: list[Source] = []
     offline = bool(getattr(settings, "offline", False))
     with_onlinedb = any(spec.kind == "onlinedb" for spec in settings.sources)
-    listed_elsewhere = bool(getattr(settings, "catalogue_file", None)) or with_onlinedb
+    chosen = "none" if with_onlinedb else getattr(settings, "catalogue", None)
+    chosen = chosen or ("none" if getattr(settings, "catalogue_file", None) else "ranked")
+    catalogue: str | None = None if chosen == "none" else chosen
+    lister = next((spec for spec in settings.sources if spec.kind == "osuapi"), None) or next(
+        (spec for spec in settings.sources if spec.kind in OSU_FILE_PATHS), None
+    )
     for spec in settings.sources:
         if spec.kind == "onlinedb":
             built.append(
@@ -121,19 +131,27 @@ def build_sources(
             secret = getattr(settings, "client_secret", None)
             if not (client_id and secret):
                 log.warning("%s", CLIENT_MISSING)
-            # With a catalogue file or online.db, that is the list; the API names its sets one
-            # by one.
-            catalogue = "none" if with_onlinedb else getattr(settings, "catalogue", None)
-            catalogue = catalogue or ("none" if listed_elsewhere else "ranked")
             built.append(
                 OsuApiSource(
                     client,
                     spec.url,
                     (client_id, secret) if client_id and secret else None,
                     no_video=settings.no_video,
-                    catalogue=None if catalogue == "none" else catalogue,
+                    catalogue=catalogue if spec is lister else None,
                     query=getattr(settings, "catalogue_query", None) or "",
                     per_minute=getattr(settings, "api_per_minute", None) or API_PER_MINUTE,
+                )
+            )
+        elif spec.kind in OSU_FILE_PATHS:
+            built.append(
+                MinoSource(
+                    client,
+                    spec.url,
+                    name=spec.kind,
+                    no_video=settings.no_video,
+                    catalogue=catalogue if spec is lister else None,
+                    query=getattr(settings, "catalogue_query", None) or "",
+                    per_minute=getattr(settings, "mirror_per_minute", None) or MINO_PER_MINUTE,
                 )
             )
         elif spec.kind in MIRRORS:
