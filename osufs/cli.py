@@ -191,7 +191,9 @@ def _parse_sources(ctx: click.Context, param: click.Parameter, values: tuple[str
         except ValueError as error:
             raise click.BadParameter(str(error)) from None
         parts = urlsplit(spec.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        # onlinedb also takes a local file (or, with no value, lazer's own copy).
+        local_file = spec.kind == "onlinedb" and "://" not in spec.url
+        if not local_file and (parts.scheme not in ("http", "https") or not parts.hostname):
             raise click.BadParameter(
                 f"{value!r}: {spec.url!r} is not an http:// or https:// URL with a host"
             )
