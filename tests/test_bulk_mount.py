@@ -129,16 +129,18 @@ def test_offline_onlinedb_lists_everything_and_edits_are_not_listed(
 def test_an_unknown_schema_version_stops_the_mount(bulk: Bulk, tmp_path: Path):
     future = tmp_path / "online.db"
     write_online_db(future, bulk.beatmaps, version=5)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
     result = subprocess.run(
         osufs_command(
-            "mount", str(tmp_path), "--foreground", "--cache-dir", str(tmp_path / "cache"),
+            "mount", str(mountpoint), "--foreground", "--cache-dir", str(tmp_path / "cache"),
             "--source", f"onlinedb={future}",
         ),
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 1
     assert "online.db schema version 5 is not one this osufs knows" in result.stderr
-    assert not os.path.ismount(tmp_path)
+    assert not os.path.ismount(mountpoint)
 
 
 def test_an_interrupted_import_resumes(tmp_path: Path, env: dict[str, str]):
