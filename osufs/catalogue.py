@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 # RESYNC_AFTER.
 CURSORS_FILE = "catalogue-cursors.json"
 RESYNC_AFTER = 3600.0
+# While the first mount waits for a catalogue file's names, a progress line this often.
+PROGRESS_EVERY = 5.0
 _SET_URL = re.compile(r"/(?:beatmapsets|s)/([0-9]+)")
 
 
@@ -241,21 +243,41 @@ class Catalogue:
         self._naming = True
         self._nursery.start_soon(self._name_listed)
 
-    async def _name_listed(self) -> None:
+    async def name_file_sets(self) -> None:
+        """Before the first mount comes up: name every set of the catalogue file the index does
+        not know yet, saying how far it got, so the root lists them all from its first look
+        (later mounts find them in the index)."""
+        if self._listed is None or self._listed_ids is not None or self.offline:
+            return
+        if not self.sources:
+            return
+        unknown = [i for i in self._listed if self.store.catalogue_get(i) is None]
+        if not unknown:
+            return
+        log.info("catalogue file: naming %d sets before the mount comes up", len(unknown))
+        await self._name_listed(progress=True)
+
+    async def _name_listed(self, *, progress: bool = False) -> None:
         """Name the catalogue file's sets the index does not know, from sources' metadata, one
-        at a time in the background. A set none names is listed once a lookup by id reaches its
-        archive (`ls MOUNT/<id>`): no archive is fetched just to name a set."""
+        at a time (in the background once mounted). A set none names is listed once a lookup
+        by id reaches its archive (`ls MOUNT/<id>`): no archive is fetched just to name a set."""
         named = unnamed = 0
         # A source's whole list (online.db: every ranked set) is named only by sources that
         # cost nothing: asking the API for each would be the harvesting its terms forbid. A
         # set they cannot name is named by a lookup (`ls MOUNT/<id>`).
         free_only = self._listed_ids is not None
+        said = time.monotonic()
         try:
+            unknown = []
             for number, set_id in enumerate(list(self._listed or ())):
                 if number % 1024 == 1023:
                     await trio.lowlevel.checkpoint()
-                if self.store.catalogue_get(set_id) is not None:
-                    continue
+                if self.store.catalogue_get(set_id) is None:
+                    unknown.append(set_id)
+            for set_id in unknown:
+                if progress and time.monotonic() - said >= PROGRESS_EVERY:
+                    said = time.monotonic()
+                    log.info("catalogue file: %d of %d sets named", named, len(unknown))
                 for source in self._available_sources():
                     if free_only and not source.free_difficulties:
                         continue

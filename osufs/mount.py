@@ -148,6 +148,8 @@ async def run_mount(config: MountConfig, ready: Callable[[], None] = lambda: Non
         layer = Writable(layout, engine=config.overlay, allow_other=config.allow_other, owner=owner)
     failures: list[OverlayError] = []
     async with open_library(config) as library:
+        # A catalogue file's root is whole from the first look: its names come first.
+        await library.catalogue.name_file_sets()
         if library.store.catalogue_count() == 0 and library.sources:
             # A first mount waits for the set list so the root is not empty at first sight.
             with trio.move_on_after(config.fetch_timeout):

@@ -1,6 +1,7 @@
 """The root's set list (issue 14): a catalogue past the search's cap of 10,000 results a query,
 read in date slices and resumed where the last sync stopped; a catalogue file's names complete
-as soon as the mount is up. Real mounts over the loopback fakes of tests/fake_api.py."""
+as soon as the mount is up. Real mounts over the loopback fakes of tests/fake_api.py and
+tests/fake_mino.py."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from osufs.names import set_folder_name
 from osufs.sources.search import SEARCH_CAP
 from tests.fake_api import ApiSet, ApiState, api_app
+from tests.fake_mino import MinoState, mino_app
 from tests.helpers import ThreadedApp, mounted
 from tests.test_api_sources import NO_READ_AHEAD, api_options, wait_for
 from tests.test_api_sources import client_file as client_file
@@ -62,3 +64,32 @@ def test_a_catalogue_past_the_search_cap_syncs_whole_and_resumes(
     slices = {search.get("q", "") for search in state.searches}
     assert len(slices) == 2 and any(q.startswith("ranked>=") for q in slices)
     assert len(state.searches) - 1 <= BIG // state.page_size + 3
+
+
+def test_a_catalogue_file_root_is_whole_as_soon_as_the_mount_is_up(tmp_path: Path):
+    # Mino names the file's sets: paced, so naming them takes seconds, not milliseconds.
+    sets = {
+        set_id: ApiSet(set_id, tmp_path / "none.osz", f"Artist {set_id}", f"Song {set_id}", "M", [])
+        for set_id in range(500, 512)
+    }
+    listed = tmp_path / "sets.txt"
+    listed.write_text("".join(f"{set_id}\n" for set_id in sets))
+    every = {set_folder_name(i, f"Artist {i}", f"Song {i}") for i in sets}
+    state = MinoState(sets)
+    server = ThreadedApp(mino_app(state))
+    options = ["--source", f"catboy={server.url}", "--mirror-per-minute", "120"]
+    options += ["--catalogue-file", str(listed), *NO_READ_AHEAD]
+    cache, log = tmp_path / "cache", tmp_path / "mount.log"
+    try:
+        with mounted(tmp_path / "mnt", cache, log, *options) as mount:
+            assert set(os.listdir(mount.mountpoint)) == every
+        assert "catalogue file: naming 12 sets before the mount comes up" in mount.log()
+        # A later mount takes the names from the index: not one request.
+        asked = sum(state.requests.values())
+        with mounted(tmp_path / "mnt", cache, log, *options) as mount:
+            assert set(os.listdir(mount.mountpoint)) == every
+        assert sum(state.requests.values()) == asked
+    finally:
+        server.stop()
+    assert state.requests["set"] == len(sets) and state.requests["search"] == 0
+    assert (state.too_many, state.teapots) == (0, 0)
