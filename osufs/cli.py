@@ -260,16 +260,18 @@ LIBRARY_OPTIONS = [
     click.option(
         "--api-per-minute",
         type=click.FloatRange(min=0, min_open=True),
-        help="Requests a minute the osuapi source sends to the API, and again to /osu/ for "
-        ".osu files (after a burst of 10). Raise it only for a service that allows more (a "
-        "private API-compatible one): the osu! API asks for at most 60. [default: 50]",
+        help="Requests the osuapi source sends in any minute, to the API and /osu/ together "
+        "(10 at once at most), shared by every osufs on the cache directory. Raise it only for "
+        "a service that allows more (a private API-compatible one): the osu! API asks for at "
+        "most 60. [default: 60]",
     ),
     click.option(
         "--mirror-per-minute",
         type=click.FloatRange(min=0, min_open=True),
-        help="Requests a minute the catboy and osudirect sources send, every endpoint together "
-        "(after a burst of 10). Mino allows 60 and bans a client that goes on past its 429s; "
-        "raise it only for a mirror that allows more. [default: 50]",
+        help="Requests the catboy and osudirect sources send in any minute, every endpoint "
+        "together (10 at once at most), shared by every osufs on the cache directory. Mino "
+        "allows 60 and bans a client that goes on past its 429s; raise it only for a mirror "
+        "that allows more. [default: 60]",
     ),
     click.option(
         "--no-video",

@@ -60,8 +60,8 @@ class MountConfig:
     catalogue: str | None = None  # ranked, loved, all, none; None: ranked, or none with a file
     catalogue_query: str = ""
     catalogue_file: Path | None = None  # set ids; the root then lists exactly those
-    api_per_minute: float | None = None  # the API's and /osu/'s pace; None: 50 a minute
-    mirror_per_minute: float | None = None  # Mino's and osu.direct's pace; None: 50 a minute
+    api_per_minute: float | None = None  # the API's and /osu/'s allowance a minute; None: 60
+    mirror_per_minute: float | None = None  # Mino's and osu.direct's a minute; None: 60
 
 
 def fuse_options(config: MountConfig) -> set[str]:
@@ -90,7 +90,7 @@ async def open_library(config: MountConfig) -> AsyncIterator[Library]:
             trio.open_nursery() as nursery,
         ):
             # Offline, only local sources (online.db) are built.
-            sources = build_sources(client, config, store.osu_bytes)
+            sources = build_sources(client, config, store.osu_bytes, ledger=store)
             for source in sources:
                 stack.callback(source.close)
                 await source.prepare()

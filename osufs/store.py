@@ -22,6 +22,8 @@ Index databases (keys are big-endian so cursors walk sets in id order):
   osu        md5 (16 bytes) -> sha256       .osu files known by their md5 (imported, or fetched
                                             by beatmap id); each holds a ref on its content
   meta       schema, content_bytes (sum of content sizes), hits, misses, budget
+  allowances source key -> allowance record  what each source allows and was spent
+                                            (osufs/allowance.py), shared by every process
 
 Writes are atomic: the bytes go to a temporary file, are fsynced and renamed into content/,
 and only then is the index committed, so an index entry never points at a partial file. Removal
@@ -340,6 +342,7 @@ class Store:
             self._negative,
             self._meta,
             self._osu,
+            self._allowances,
         ) = self._open_dbs(
             b"catalogue",
             b"listings",
@@ -352,6 +355,7 @@ class Store:
             b"negative",
             b"meta",
             b"osu",
+            b"allowances",
         )
         self._check_schema()
         self._listing_cache: OrderedDict[int, SetListing] = OrderedDict()
@@ -454,6 +458,23 @@ class Store:
             yield
         finally:
             os.close(fd)
+
+    # allowances (a Ledger for osufs/allowance.py)
+
+    def allowance_get(self, key: str) -> bytes | None:
+        with self._read() as txn:
+            return txn.get(key.encode(), db=self._allowances)
+
+    def allowance_update(self, key: str, change: Callable[[bytes | None], tuple[bytes, T]]) -> T:
+        """Replace a source's allowance record by what `change` makes of it, in one short
+        write transaction (`change` must not block: other processes wait for it)."""
+
+        def update(txn: lmdb.Transaction) -> T:
+            record, result = change(txn.get(key.encode(), db=self._allowances))
+            txn.put(key.encode(), record, db=self._allowances)
+            return result
+
+        return self._write(update)
 
     # catalogue
 

@@ -155,7 +155,8 @@ class ApiState:
     sets: dict[int, ApiSet]
     page_size: int = 50
     search_cap: int = 10_000
-    search_limit: int | None = None  # searches answered; later ones get 429 (Retry-After 3600)
+    search_limit: int | None = None  # searches answered; later ones get 429 (`search_rest`)
+    search_rest: int = 3600  # the Retry-After of those 429s
     token_lifetime: int = 86400
     wrong_osu: set[int] = field(default_factory=set)
     failing_osu: set[int] = field(default_factory=set)
@@ -322,7 +323,8 @@ def api_app(state: ApiState, extra_archives: dict[int, Path] | None = None) -> S
         params = dict(request.query_params)
         state.searches.append(params)
         if state.search_limit is not None and len(state.searches) > state.search_limit:
-            return JSONResponse({}, status_code=429, headers={"retry-after": "3600"})
+            headers = {"retry-after": str(state.search_rest)}
+            return JSONResponse({}, status_code=429, headers=headers)
         matching = search_sets(
             state.sets, params.get("s", ""), params.get("sort", ""), params.get("q", "")
         )

@@ -19,6 +19,7 @@ import httpx
 import pytest
 import trio
 
+from osufs.allowance import reset_time as _reset_time
 from osufs.catalogue import read_catalogue_file
 from osufs.cli import _Redact, read_client
 from osufs.errors import OsufsError
@@ -32,12 +33,10 @@ from osufs.sources import (
     MirrorSource,
     OsuApiSource,
     OsuSiteSource,
-    Pacer,
     SourceLimited,
     SourceSpec,
 )
 from osufs.sources.api import _beatmap_for
-from osufs.sources.base import _reset_time
 from tests.fake_api import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -132,7 +131,8 @@ def test_the_root_lists_the_catalogue_from_the_api_alone(
 ):
     state, url = api
     state.page_size = 2
-    state.search_limit = 2  # the first session is cut off after two pages
+    state.search_limit = 2  # the first session is cut off after two pages, for 3 s
+    state.search_rest = 3
     ranked = sorted(set_id for set_id, s in state.sets.items() if s.status == "ranked")
     cache = tmp_path / "cache"
     options = api_options(url, client_file, "--catalogue", "ranked", "--debug")
@@ -146,7 +146,7 @@ def test_the_root_lists_the_catalogue_from_the_api_alone(
     assert not state.osu_requests and all("search" in path for path in state.api_requests)
 
     # The next mount goes on from the saved cursor, not from the start, and lists the rest:
-    # ranked sets only (loved and graveyard are not asked for).
+    # ranked sets only (loved and graveyard are not asked for), once the 429's rest is over.
     state.search_limit = None
     asked = len(state.searches)
     with mounted(tmp_path / "mnt", cache, tmp_path / "second.log", *options) as mount:
@@ -424,21 +424,6 @@ def test_named_mirrors_keep_their_url_shape_on_any_base():
         SourceSpec.parse("catbox")
 
 
-def test_pacer_reserve_and_agreeing_with_the_server():
-    now = [0.0]
-    pacer = Pacer(10, 3600, lambda: now[0])  # one a second
-    assert [pacer.take(reserve=5) for _ in range(5)] == [0.0] * 5
-    assert pacer.take(reserve=5) == pytest.approx(1.0)  # background work leaves 5
-    assert [pacer.take() for _ in range(5)] == [0.0] * 5  # which readers still get
-    now[0] += 100
-    assert not pacer.agree(0)  # the server never adds tokens
-    assert pacer.agree(7)  # 3 left
-    assert [pacer.take() for _ in range(3)] == [0.0] * 3 and pacer.take() > 0
-    now[0] += 100
-    assert pacer.agree(50)  # owes at most one burst
-    assert pacer.take() == pytest.approx(11.0)
-
-
 def test_a_spent_budget_rests_the_mirror_but_not_the_redirect_it_sent(
     api: tuple[ApiState, str],
 ):
@@ -535,7 +520,7 @@ def test_the_site_quota_check_makes_the_pacer_agree(api: tuple[ApiState, str]):
         source = OsuSiteSource(client, url, SESSION_COOKIE)
         assert await tail(source, 100001) is not None
         assert state.quota_checks == 1
-        assert source.pacer._tokens == pytest.approx(4, abs=0.01)
+        assert source.allowance.free_at(4) <= time.time() < source.allowance.free_at(5)
         for set_id in (100002, 100004, 100005):  # checked again only after 10 downloads
             await tail(source, set_id)
         assert state.quota_checks == 1
@@ -562,7 +547,7 @@ def test_slow_down_play_more_limits_the_site(api: tuple[ApiState, str], caplog):
         assert (
             before + OSU_LIMIT_DEFAULT - 1 <= caught.value.until <= time.time() + OSU_LIMIT_DEFAULT
         )
-        assert source.pacer.take() > 0, "the bucket did not agree with the 429"
+        assert source.allowance.free_at() > time.time(), "the allowance did not agree with the 429"
         # A refused cookie is found by the quota check, before any download.
         refused = OsuSiteSource(client, url, "osu_session=stale")
         for set_id in (100002, 100004):

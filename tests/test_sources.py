@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from osufs.allowance import Allowance, Shape
 from osufs.cli import read_cookie
 from osufs.errors import OsufsError
 from osufs.sources import (
@@ -28,11 +29,11 @@ from osufs.sources import (
     OSU_BURST,
     OSU_LIMIT_DEFAULT,
     OSU_PER_HOUR,
+    OSU_SHAPE,
     RETRIES,
     RETRY_AFTER_CAP,
     HexideSource,
     OsuSiteSource,
-    Pacer,
     RemoteArchive,
     SourceLimited,
     SourceMissing,
@@ -88,32 +89,12 @@ class FakeClock:
         return self.now
 
 
-def test_pacer_allows_a_burst_then_one_per_interval():
-    clock = FakeClock()
-    pacer = Pacer(3, 3600, clock)  # one a second after the burst
-    assert [pacer.take() for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert pacer.take() == pytest.approx(1.0)
-    clock.now += 0.25
-    assert pacer.take() == pytest.approx(0.75)
-    clock.now += 0.75
-    assert pacer.take() == 0.0
-    pacer.give_back()
-    assert pacer.take() == 0.0
-    clock.now += 100
-    pacer.drain()
-    assert pacer.take() == pytest.approx(1.0)
-    clock.now += 100
-    for _ in range(5):
-        pacer.give_back()
-    assert [pacer.take() for _ in range(4)][-1] > 0, "give_back overfilled the bucket"
-
-
 def test_pacing_keeps_every_hour_under_the_site_allowance():
     clock = FakeClock()
-    pacer = Pacer(OSU_BURST, OSU_PER_HOUR, clock)
+    allowance = Allowance("site", OSU_SHAPE, clock=clock)
     granted: list[float] = []
     for _ in range(4 * 3600):  # a scan that asks every second for four hours
-        if pacer.take() == 0.0:
+        if allowance.take() == 0.0:
             granted.append(clock.now)
         clock.now += 1
     busiest = max(sum(1 for t in granted if start <= t < start + 3600) for start in granted)
@@ -171,8 +152,8 @@ def test_bad_cookie_is_eacces_reported_once_and_not_retried(site: FakeSite, capl
             with pytest.raises(OsufsError) as caught:
                 await tail(source, set_id)
             errors.append(caught.value)
-        # 401s are not downloads: the bucket is as full as it was.
-        assert source.pacer.take() == 0.0 and source.pacer._tokens == OSU_BURST - 1
+        # 401s are not downloads: the allowance is as full as it was.
+        assert source.allowance.free_at(OSU_BURST) <= time.time()
         return errors
 
     errors = run(body)
@@ -185,7 +166,7 @@ def test_bad_cookie_is_eacces_reported_once_and_not_retried(site: FakeSite, capl
 
 def test_missing_set_is_source_missing_and_not_counted(site: FakeSite):
     async def body(client: httpx.AsyncClient) -> None:
-        source = osu(client, site, pacer=Pacer(1, 1))
+        source = osu(client, site, shape=Shape(1, 3600, 1))
         with pytest.raises(SourceMissing):
             await tail(source, 999)
         remote, _ = await tail(source, 1)  # the 404 gave its token back
@@ -202,17 +183,18 @@ def test_429_sets_the_limit_from_retry_after(site: FakeSite):
     site.state.limit = 0
 
     async def body(client: httpx.AsyncClient) -> None:
-        source = osu(client, site)
         for header, expected in (("120", 120), (None, OSU_LIMIT_DEFAULT)):
+            source = osu(client, site)
             site.state.retry_after = header
             before = time.time()
             with pytest.raises(SourceLimited) as caught:
                 await tail(source, 1)
             assert before + expected - 1 <= caught.value.until <= time.time() + expected + 1
             assert caught.value.errno == errno.EIO
-            # The site says the allowance is spent: the bucket agrees.
-            assert source.pacer.take() > 0
-            source.pacer.give_back()
+            # The site rests until then: nothing more is sent, however often it is asked.
+            assert source.allowance.free_at() == pytest.approx(caught.value.until, abs=1)
+            with pytest.raises(SourceLimited, match="answered 429"):
+                await tail(source, 2)
 
     run(body)
     assert site.state.limited == 2

@@ -6,6 +6,9 @@ only to the origin it belongs to, never to the host a redirect points at. Rate-l
 (`x-ratelimit-remaining`, `x-ratelimit-reset`) are read from every answer, so a source that says
 its budget is spent is rested before it has to answer 429. docs/sources.md describes every kind.
 
+Each source paces its requests on one `Allowance` (osufs/allowance.py), kept in the store's
+index once `build_sources` is given it, so every process on a cache directory spends the same.
+
 Modules: `base` (the Source class, judging answers, pacing, ranged reads), `hexide`, `site`
 (the official site), `api` (the osu! API v2 and /osu/<id>), `mirrors` (URL templates and
 mirrors by name), `spec` (what the user names and building the sources in order).
@@ -17,7 +20,6 @@ from osufs.sources.base import (
     RETRY_AFTER_CAP,
     CatalogueEntry,
     Difficulty,
-    Pacer,
     RemoteArchive,
     SetDifficulties,
     Source,
@@ -33,6 +35,7 @@ from osufs.sources.site import (
     OSU_BURST,
     OSU_LIMIT_DEFAULT,
     OSU_PER_HOUR,
+    OSU_SHAPE,
     OsuSiteSource,
 )
 from osufs.sources.spec import SOURCE_KINDS, SourceSpec, build_sources
@@ -43,6 +46,7 @@ __all__ = [
     "OSU_BURST",
     "OSU_LIMIT_DEFAULT",
     "OSU_PER_HOUR",
+    "OSU_SHAPE",
     "RETRIES",
     "RETRY_AFTER_CAP",
     "SOURCE_KINDS",
@@ -52,7 +56,6 @@ __all__ = [
     "MirrorSource",
     "OsuApiSource",
     "OsuSiteSource",
-    "Pacer",
     "RemoteArchive",
     "SetDifficulties",
     "Source",

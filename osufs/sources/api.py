@@ -18,6 +18,7 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 import trio
 
+from osufs.allowance import Shape
 from osufs.errors import OsufsError
 from osufs.names import clean_filename, set_folder_name
 from osufs.osufile import difficulty_filename
@@ -29,7 +30,6 @@ from osufs.sources.base import (
     PACED_WAIT,
     CatalogueEntry,
     Difficulty,
-    Pacer,
     RemoteArchive,
     SetDifficulties,
     SetInfoCache,
@@ -48,16 +48,15 @@ from osufs.sources.site import OSU_REFUSED_PAUSE
 
 log = logging.getLogger(__name__)
 
-# The osu! API: its documentation asks for at most 60 requests a minute. A bucket of API_BURST
-# that refills at API_PER_MINUTE never lets more than 60 through in any minute. Background
-# work (the catalogue, naming listed sets) leaves BACKGROUND_RESERVE tokens to readers, who
-# wait at most PACED_WAIT for one (Source._pace).
-API_BURST = 10
-API_PER_MINUTE = 50
+# The osu! API: its documentation asks for at most 60 requests a minute. The source's one
+# allowance (osufs/allowance.py) lets API_PER_MINUTE through in any minute, API_BURST at once.
 # Single .osu files (`/osu/<beatmap id>`) are a page of the site, not of the API, and their
-# limit is not published; they get a bucket of their own of the same shape and rate.
-# `--api-per-minute` changes the rate of both, for a service that allows more.
-FILES_BURST = 10
+# limit is not published: they are counted on the same allowance (the emulation counts them
+# so too). Background work (the catalogue, naming listed sets) leaves the allowance's reserve
+# to readers, who wait at most PACED_WAIT (Source._pace). `--api-per-minute` changes the
+# limit, for a service that allows more.
+API_BURST = 10
+API_PER_MINUTE = 60
 # A token is renewed this long before the site says it expires (at most a tenth of its life).
 TOKEN_MARGIN = 60.0
 # The API's search answers 50 sets a page; one sync reads at most this many pages (about
@@ -94,7 +93,7 @@ class OsuApiSource(Source):
     It names sets (`/api/v2/beatmapsets/<id>`), lists the catalogue (`/beatmapsets/search`,
     paged by `cursor_string`), and serves a set's .osu files by beatmap id from `/osu/<id>`,
     checked against the md5 the API gives. It serves no archives: the library never asks it
-    for one. API requests are paced (API_BURST, API_PER_MINUTE); `/osu/` has its own bucket.
+    for one. Every request is paced on one allowance (API_BURST, API_PER_MINUTE).
     The token goes only to `/api/` on the source's own origin.
     """
 
@@ -114,7 +113,8 @@ class OsuApiSource(Source):
         query: str = "",
         per_minute: float = API_PER_MINUTE,
     ) -> None:
-        super().__init__(client, base, no_video=no_video)
+        shape = Shape.per_minute(per_minute, API_BURST)
+        super().__init__(client, base, no_video=no_video, shape=shape)
         if catalogue is not None and catalogue not in CATALOGUES:
             raise ValueError(f"unknown catalogue {catalogue!r}; expected one of {list(CATALOGUES)}")
         self._credentials = credentials
@@ -123,8 +123,6 @@ class OsuApiSource(Source):
         self._token_lock = trio.Lock()
         self._refusal_told = False
         self.refused_until = 0.0
-        self.pacer = Pacer(API_BURST, per_minute * 60)
-        self.files_pacer = Pacer(FILES_BURST, per_minute * 60)
         self.catalogue_filter = catalogue
         self.catalogue_query = query
         self._set_infos = SetInfoCache()
@@ -172,7 +170,7 @@ class OsuApiSource(Source):
             self._token = None
             if self._credentials is None or self.refused_until > time.time():
                 raise self._credentials_refused()
-            await self._pace(self.pacer, what="API")
+            await self._pace(self.allowance, what="API")
             client_id, secret = self._credentials
             form = {
                 "client_id": client_id,
@@ -195,7 +193,7 @@ class OsuApiSource(Source):
             except httpx.HTTPError as error:
                 raise OsufsError.io(f"{self.label}: no token: {_describe(error)}") from None
             try:
-                self._note_rate_headers(response)
+                self._learn(response)
                 if response.status_code in (400, 401):
                     # invalid_client: a wrong id or secret will not become right by asking again.
                     self.refused_until = time.time() + OSU_REFUSED_PAUSE
@@ -226,7 +224,7 @@ class OsuApiSource(Source):
         """An API answer, with a token; a refused token is renewed once."""
         for attempt in range(2):
             await self._authorize()
-            await self._pace(self.pacer, background=background, what="API")
+            await self._pace(self.allowance, background=background, what="API")
             token = self._token
             try:
                 return await self.json(url, limit, {"Accept": "application/json"})
@@ -238,10 +236,6 @@ class OsuApiSource(Source):
                         errno.EACCES, f"{self.label}: the API refused a fresh token (HTTP 401)"
                     ) from None
                 log.info("%s: the access token was refused; asking for a new one", self.label)
-            except SourceLimited as error:
-                if error.until > time.time():
-                    self.rest(error.until, "the API says it is rate limited (HTTP 429)")
-                raise
         raise AssertionError("unreachable")
 
     # set info and names
@@ -324,7 +318,10 @@ class OsuApiSource(Source):
     ) -> bytes:
         """`/osu/<beatmap id>`, paced (waiting up to `longest`, within the caller's deadline;
         in the background, behind readers) and checked against md5 when one is given."""
-        await self._pace(self.files_pacer, background=background, longest=longest, what=".osu file")
+        cost = self.cost("osu")
+        await self._pace(
+            self.allowance, cost=cost, background=background, longest=longest, what=".osu file"
+        )
         return await checked_osu(self, f"{self._root}/osu/{beatmap_id}", md5)
 
     async def difficulty_bytes(self, set_id: int, path: str) -> bytes | None:

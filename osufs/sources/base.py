@@ -1,10 +1,10 @@
-"""The common ground of every source: the Source class, how answers are judged, pacing,
-ranged reads of a remote archive, and the small HTTP helpers they share."""
+"""The common ground of every source: the Source class, how answers are judged, pacing (on
+the source's one `Allowance`, osufs/allowance.py), ranged reads of a remote archive, and the
+small HTTP helpers they share."""
 
 from __future__ import annotations
 
 import calendar
-import email.utils
 import errno
 import hashlib
 import json
@@ -17,12 +17,15 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 import trio
 
+from osufs.allowance import BAN_REST, LONGEST_REST, Allowance, Ledger, Shape
+from osufs.allowance import clock as _clock
+from osufs.allowance import retry_after as parse_retry_after
 from osufs.errors import OsufsError
 
 log = logging.getLogger(__name__)
@@ -43,7 +46,7 @@ CHUNK = 1 << 16
 # out than RETRY_AFTER_CAP is read as the cap (a typo on the server should not shelve it for
 # a year).
 LIMIT_DEFAULT = 60.0
-RETRY_AFTER_CAP = 86400.0
+RETRY_AFTER_CAP = LONGEST_REST
 # The official site counts every download it grants against an hourly allowance (osu-web
 # Archive requests ask for the bytes as stored: a compressed transfer would break ranges and
 # the length checks, and a zip does not compress anyway.
@@ -55,15 +58,10 @@ MAX_SET_INFO_JSON = 4 << 20
 MAX_OSU_SIZE = 4 << 20
 MAX_SEARCH_JSON = 16 << 20
 MAX_SMALL_JSON = 64 << 10
-# A mirror that answers 418 has banned this address. Mino (catboy.best) does so past its limit
-# and does not say for how long; an hour leaves it alone long enough not to prolong the ban,
-# while the other sources carry on. A longer Retry-After wins.
-MIRROR_BAN_PAUSE = 3600.0
 # A paced source (Source._pace): background work (the catalogue, naming listed sets, reading
-# ahead) takes a token only while BACKGROUND_RESERVE stay in the bucket, so a reader waiting
-# on the source is always served first. A reader waits at most PACED_WAIT for a token; past
+# ahead) leaves the allowance's reserve to readers (osufs/allowance.py), so a reader waiting
+# on the source is always served first. A reader waits at most PACED_WAIT for its turn; past
 # that the request fails over to the next source.
-BACKGROUND_RESERVE = 5
 PACED_WAIT = 10.0
 
 
@@ -88,59 +86,6 @@ class SourceLimited(OsufsError):
         # EIO, not EAGAIN: readers of regular files do not expect EAGAIN and some spin on it.
         super().__init__(errno.EIO, message)
         self.until = until
-
-
-class Pacer:
-    """A token bucket: `burst` requests at once, then `per_hour` an hour.
-
-    Times come from `clock` (monotonic seconds), so tests can drive it."""
-
-    def __init__(
-        self, burst: int, per_hour: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.burst = burst
-        self.interval = 3600.0 / per_hour
-        self._clock = clock
-        self._tokens = float(burst)
-        self._stamp = clock()
-
-    def _refill(self) -> None:
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) / self.interval)
-        self._stamp = now
-
-    def take(self, reserve: float = 0.0) -> float:
-        """Take a token: 0.0 when one was free, else the seconds until one will be.
-
-        With `reserve`, a token is taken only while that many more stay in the bucket:
-        background work leaves them to readers, who then always go first."""
-        self._refill()
-        need = 1.0 + min(reserve, self.burst - 1.0)
-        if self._tokens >= need:
-            self._tokens -= 1.0
-            return 0.0
-        return (need - self._tokens) * self.interval
-
-    def give_back(self) -> None:
-        """Return a token for a request the server did not count."""
-        self._refill()
-        self._tokens = min(float(self.burst), self._tokens + 1.0)
-
-    def drain(self) -> None:
-        """The server says the allowance is spent, whatever the bucket thought."""
-        self._refill()
-        self._tokens = min(self._tokens, 0.0)
-
-    def agree(self, used: int) -> bool:
-        """The server counts `used` requests in its window: keep no more than `burst - used`
-        tokens, and at worst owe one burst (a wait of at most `burst` intervals). Never adds
-        tokens. True when the bucket had to give some up."""
-        self._refill()
-        target = float(max(self.burst - used, -self.burst))
-        if target < self._tokens:
-            self._tokens = target
-            return True
-        return False
 
 
 class _ArchiveDigest:
@@ -237,16 +182,32 @@ class Source:
     # Whether its set list comes in pages over time (then the library syncs it in the
     # background and keeps a cursor), rather than in one answer.
     catalogue_paged = False
+    # What each kind of request costs of the allowance ("request": metadata, "download": an
+    # archive, "osu": one .osu file; a source weighing its requests says so). The planner
+    # weighs them; the source only describes them.
+    costs: ClassVar[dict[str, float]] = {"request": 1.0, "download": 1.0, "osu": 1.0}
 
-    def __init__(self, client: httpx.AsyncClient, base: str, *, no_video: bool = False) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base: str,
+        *,
+        no_video: bool = False,
+        shape: Shape | None = None,
+    ) -> None:
         self.client = client
         self.base = base
         self.no_video = no_video
-        self.limited_until = 0.0
-        # Until then nothing is sent to the source's own origin: its headers said its budget was
-        # spent, or it banned us (418). Unlike a 429, this is known before anything is refused.
-        self.blocked_until = 0.0
-        self._blocked_why = ""
+        # What the source allows and what was spent of it, by every process on the cache
+        # directory once `share_allowance` has given it the store (until then, this one's).
+        # Unmetered (no shape), it still records the rests 429s and 418s begin.
+        self.allowance = Allowance(
+            f"{type(self).__name__} {'://'.join(_origin(base))}",
+            shape,
+            label=self.label,
+            default_rest=self.limit_default,
+        )
+        self._limited_here = 0.0
         self.retries = RETRIES
         self.retry_delay = RETRY_BASE_DELAY
         self.bytes_received = 0
@@ -257,6 +218,30 @@ class Source:
     @property
     def label(self) -> str:
         return f"{self.kind} {urlsplit(self.base).netloc or self.base}"
+
+    def share_allowance(self, ledger: Ledger) -> None:
+        """Keep the allowance in `ledger` (the store's index), shared with other processes."""
+        self.allowance.ledger = ledger
+        self.allowance.label = self.label
+
+    def cost(self, kind: str) -> float:
+        """What a request of `kind` costs of the allowance."""
+        return self.costs.get(kind, 1.0)
+
+    @property
+    def limited_until(self) -> float:
+        """Until when this source is not to be asked: its rest (shared), or a wait this process
+        was told of (a pacing wait, a file host's 429)."""
+        return max(self._limited_here, self.allowance.rested_until)
+
+    @limited_until.setter
+    def limited_until(self, until: float) -> None:
+        self._limited_here = until
+
+    @property
+    def blocked_until(self) -> float:
+        """Until when nothing is sent to the source's own origin (its rest)."""
+        return self.allowance.rested_until
 
     def download_url(self, set_id: int) -> str:
         raise NotImplementedError
@@ -382,7 +367,7 @@ class Source:
                 await self._backoff(attempt, error)
                 attempt += 1
                 continue
-            self._note_rate_headers(response)
+            self._learn(response)
             if response.is_redirect and "location" in response.headers:
                 await response.aclose()
                 redirects += 1
@@ -416,77 +401,55 @@ class Source:
 
     def _check_blocked(self, url: str) -> None:
         """Refuse, without sending, a request to the source's origin while it is rested."""
-        if self.blocked_until > time.time() and _origin(url) == _origin(self.base):
-            raise SourceLimited(
-                f"{self.label}: {self._blocked_why}; not asked until {_clock(self.blocked_until)}",
-                self.blocked_until,
-            )
+        until = self.allowance.rested_until
+        if until > time.time() and _origin(url) == _origin(self.base):
+            why = self.allowance.rest_reason
+            raise SourceLimited(f"{self.label}: {why}; not asked until {_clock(until)}", until)
 
     def rest(self, until: float, why: str, *, warn: bool = False) -> None:
-        """Send nothing to the source until `until`; said in the log once per rest."""
-        if until <= self.blocked_until:
-            return
-        fresh = self.blocked_until <= time.time()
-        self.blocked_until = until
-        self._blocked_why = why
-        self.limited_until = max(self.limited_until, until)
-        if fresh:
-            log.log(
-                logging.WARNING if warn else logging.INFO,
-                "%s: %s; not asked again until %s",
-                self.label,
-                why,
-                _clock(until),
-            )
+        """Send nothing to the source until `until` (every process on the cache directory);
+        said in the log once per rest."""
+        self.allowance.rest(until, why, warn=warn)
 
-    def _note_rate_headers(self, response: httpx.Response) -> None:
-        """A source whose headers say no request is left is rested until their reset."""
-        if _origin(str(response.url)) != _origin(self.base):
-            return  # a file host's budget is not the source's
-        remaining = response.headers.get("x-ratelimit-remaining", "").strip()
-        try:
-            left = float(remaining)
-        except ValueError:
-            return
-        if left >= 1:
-            return
-        until = _reset_time(response.headers.get("x-ratelimit-reset"), self.limit_default)
-        self.rest(until, "its rate limit is spent (x-ratelimit-remaining: 0)")
+    def _learn(self, response: httpx.Response) -> None:
+        """What an answer of the source's own origin says of its allowance (a file host's
+        budget is not the source's)."""
+        if _origin(str(response.url)) == _origin(self.base):
+            self.allowance.learn(response.headers, response.status_code)
 
     def banned(self, response: httpx.Response) -> SourceLimited:
         """The error for a 418: the mirror has banned this address for now; leave it alone."""
-        now = time.time()
-        until = max(
-            parse_retry_after(response.headers.get("retry-after"), MIRROR_BAN_PAUSE, now),
-            now + MIRROR_BAN_PAUSE,
-        )
-        self.rest(
-            until,
-            "answered 418: it has banned this address for now, usually for asking too often",
-            warn=True,
-        )
+        until = self.allowance.rested_until
+        if until < time.time() + BAN_REST / 2:
+            # Another host of the source (a redirect's target) banned us: rest the source too.
+            until = self.allowance.learn(response.headers, 418)
         return SourceLimited(f"{self.label}: banned for now (HTTP 418)", until)
 
     async def _pace(
         self,
-        pacer: Pacer,
+        allowance: Allowance,
         *,
+        cost: float = 1.0,
         background: bool = False,
         longest: float = PACED_WAIT,
         what: str = "its",
     ) -> None:
-        """Wait for a token of `pacer`. Background work waits as long as it takes and lets
+        """Take `cost` of `allowance` (in a worker thread: the store's write lock may be held
+        by another process for a moment). Background work waits as long as it takes and lets
         readers go first; a reader waits at most `longest` (and within its deadline), then the
         request fails over with SourceLimited."""
-        reserve = BACKGROUND_RESERVE if background else 0.0
-        while (wait := pacer.take(reserve)) > 0:
+        while (
+            free := await trio.to_thread.run_sync(
+                lambda: allowance.take(cost, background=background)
+            )
+        ) > 0:
+            wait = max(free - time.time(), 0.01)
             if not background and (
                 wait > longest or trio.current_time() + wait >= trio.current_effective_deadline()
             ):
-                until = time.time() + wait
                 raise SourceLimited(
-                    f"{self.label}: pacing {what} requests; the next can start at {_clock(until)}",
-                    until,
+                    f"{self.label}: pacing {what} requests; the next can start at {_clock(free)}",
+                    free,
                 )
             await trio.sleep(wait)
 
@@ -637,41 +600,6 @@ def _refuse_html(source: Source, set_id: int, response: httpx.Response) -> None:
 def _looks_like_html(data: bytes) -> bool:
     head = data[:64].lstrip().lower()
     return head.startswith((b"<!doctype html", b"<html"))
-
-
-def parse_retry_after(value: str | None, default: float, now: float | None = None) -> float:
-    """The unix time a Retry-After header (seconds or an HTTP date) names.
-
-    Absent or unreadable: `default` seconds from now. Never before now, never past the cap."""
-    now = time.time() if now is None else now
-    value = (value or "").strip()
-    if value.isdigit():
-        until = now + int(value)
-    else:
-        parsed = email.utils.parsedate_tz(value) if value else None
-        until = float(email.utils.mktime_tz(parsed)) if parsed is not None else now + default
-    return min(max(until, now), now + RETRY_AFTER_CAP)
-
-
-def _reset_time(value: str | None, default: float, now: float | None = None) -> float:
-    """The unix time an `x-ratelimit-reset` header names: seconds from now, or (when it is
-    larger than any wait) a unix time; an HTTP date like Retry-After. Capped like it."""
-    now = time.time() if now is None else now
-    text = (value or "").strip()
-    try:
-        number = float(text)
-    except ValueError:
-        return parse_retry_after(text or None, default, now)
-    until = number if number > 1e9 else now + number
-    return min(max(until, now), now + RETRY_AFTER_CAP)
-
-
-def _clock(when: float) -> str:
-    """A unix time as the local wall clock, with the date when it is not today."""
-    local = time.localtime(when)
-    if time.strftime("%Y-%m-%d", local) == time.strftime("%Y-%m-%d"):
-        return time.strftime("%H:%M:%S", local)
-    return time.strftime("%Y-%m-%d %H:%M:%S", local)
 
 
 def _content_range(response: httpx.Response) -> tuple[int, int, int]:

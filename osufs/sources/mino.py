@@ -4,23 +4,24 @@ metadata in the osu! API's shapes, every endpoint on the mirror's one allowance.
 Mino allows 60 requests a minute (weighted by cost), says what is left in
 `x-ratelimit-remaining`/`x-ratelimit-reset` and `x-daily-remaining`/`x-ratelimit-daily-reset`,
 and bans (418) a client that asks again while a 429 told it to wait. So every request to the
-mirror, whichever endpoint, takes a token of one bucket (MINO_BURST, MINO_PER_MINUTE: never
-over 60 in any minute), the bucket gives up what the headers say another client spent, a spent
-day or a 429 rests the mirror until it said, and background work lets readers go first.
+mirror, whichever endpoint, costs its weight (`costs`) of the source's one allowance
+(osufs/allowance.py: MINO_PER_MINUTE in any minute, MINO_BURST at once, shared by every
+process on the cache directory), which holds as spent what the headers say another client
+spent; a spent minute or day, a 429 or a 418 rests the mirror until it said, and background
+work lets readers go first.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-import time
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
-from typing import Any
-from urllib.parse import urlencode
+from typing import Any, ClassVar
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 
+from osufs.allowance import Shape
 from osufs.errors import OsufsError
 from osufs.sources.api import (
     CATALOGUES,
@@ -34,18 +35,16 @@ from osufs.sources.base import (
     MAX_SEARCH_JSON,
     MAX_SET_INFO_JSON,
     CatalogueEntry,
-    Pacer,
     SetDifficulties,
     SetInfoCache,
-    SourceLimited,
     _origin,
-    _reset_time,
 )
 from osufs.sources.mirrors import MirrorSource
 from osufs.sources.search import SearchPage, sliced_search
 
+# Mino's published limit is 60 a minute (weighted); --mirror-per-minute changes it.
 MINO_BURST = 10
-MINO_PER_MINUTE = 50
+MINO_PER_MINUTE = 60
 # One sync reads at most this many search pages of SEARCH_PAGE sets (the next goes on).
 SEARCH_PAGE = 100
 SEARCH_MAX_PAGES = 1000
@@ -73,6 +72,16 @@ class MinoSource(MirrorSource):
     metered = True
     serves_difficulties = True
     catalogue_paged = True
+    # Mino weighs its requests but does not publish the weights: each counts one until it does.
+    costs: ClassVar[dict[str, float]] = {
+        "download": 1.0,
+        "osu": 1.0,
+        "set": 1.0,
+        "beatmap": 1.0,
+        "md5": 1.0,
+        "search": 1.0,
+        "request": 1.0,
+    }
 
     def __init__(
         self,
@@ -85,44 +94,38 @@ class MinoSource(MirrorSource):
         query: str = "",
         per_minute: float = MINO_PER_MINUTE,
     ) -> None:
-        super().__init__(client, base, name=name, no_video=no_video)
+        shape = Shape.per_minute(per_minute, MINO_BURST)
+        super().__init__(client, base, name=name, no_video=no_video, shape=shape)
         if catalogue is not None and catalogue not in CATALOGUES:
             raise ValueError(f"unknown catalogue {catalogue!r}; expected one of {list(CATALOGUES)}")
         self._root = base.rstrip("/")
         self._osu_path = OSU_FILE_PATHS[name]
-        self.pacer = Pacer(MINO_BURST, per_minute * 60)
         self.catalogue_filter = catalogue
         self.catalogue_query = query
         self._set_infos = SetInfoCache()
 
     # every request: one allowance
 
+    def request_kind(self, url: str) -> str:
+        """Which of `costs` a request to the mirror is."""
+        path = urlsplit(url).path
+        if path.startswith(("/d/", "/api/d/")):
+            return "download"
+        if path.startswith(("/osu/", "/api/osu/")):
+            return "osu"
+        for kind, prefix in (("set", "/s/"), ("beatmap", "/b/"), ("md5", "/md5/")):
+            if path.startswith("/api/v2" + prefix):
+                return kind
+        return "search" if path.startswith("/api/v2/search") else "request"
+
     async def _open(self, method: str, url: str, headers: dict[str, str]) -> httpx.Response:
-        """Take a token first (a reader waits at most PACED_WAIT); after a 429, ask nothing
-        until its Retry-After (asking sooner is what Mino bans)."""
+        """Take the request's cost first (a reader waits at most PACED_WAIT); while the
+        mirror rests (a 429's Retry-After), ask nothing: asking sooner is what Mino bans."""
         if _origin(url) == _origin(self.base):
             self._check_blocked(url)
-            await self._pace(self.pacer, background=_BACKGROUND.get(), what="mirror")
-        try:
-            return await super()._open(method, url, headers)
-        except SourceLimited as error:
-            if error.until > time.time():
-                self.rest(error.until, "it answered 429 (rate limited)")
-            raise
-
-    def _note_rate_headers(self, response: httpx.Response) -> None:
-        """Beside the per-minute rest: the bucket keeps no more tokens than the mirror says
-        are left, and a spent day rests the mirror until the daily reset."""
-        super()._note_rate_headers(response)
-        if _origin(str(response.url)) != _origin(self.base):
-            return
-        with contextlib.suppress(ValueError):
-            left = float(response.headers.get("x-ratelimit-remaining", "").strip())
-            self.pacer.agree(math.ceil(self.pacer.burst - left))
-        with contextlib.suppress(ValueError):
-            if float(response.headers.get("x-daily-remaining", "").strip()) < 1:
-                reset = response.headers.get("x-ratelimit-daily-reset")
-                self.rest(_reset_time(reset, 3600.0), "its daily allowance is spent")
+            cost = self.cost(self.request_kind(url))
+            await self._pace(self.allowance, cost=cost, background=_BACKGROUND.get(), what="mirror")
+        return await super()._open(method, url, headers)
 
     # metadata
 

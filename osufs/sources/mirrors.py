@@ -6,6 +6,7 @@ import re
 
 import httpx
 
+from osufs.allowance import Shape
 from osufs.sources.base import Source
 
 # Mirrors by name: their default base and the path after it, in the `url=` template syntax
@@ -36,7 +37,15 @@ class MirrorSource(TemplateSource):
     """A download mirror known by name (MIRRORS): its URL shape on its own base or another."""
 
     def __init__(
-        self, client: httpx.AsyncClient, base: str, *, name: str, no_video: bool = False
+        self,
+        client: httpx.AsyncClient,
+        base: str,
+        *,
+        name: str,
+        no_video: bool = False,
+        shape: Shape | None = None,
     ) -> None:
-        super().__init__(client, base.rstrip("/") + MIRRORS[name][1], no_video=no_video)
+        path = MIRRORS[name][1]
+        super().__init__(client, base.rstrip("/") + path, no_video=no_video, shape=shape)
         self.kind = name
+        self.allowance.label = self.label

@@ -11,10 +11,10 @@ from typing import Any, BinaryIO
 import httpx
 import trio
 
+from osufs.allowance import Shape
 from osufs.errors import OsufsError
 from osufs.sources.base import (
     MAX_SMALL_JSON,
-    Pacer,
     RemoteArchive,
     Source,
     SourceLimited,
@@ -27,12 +27,13 @@ log = logging.getLogger(__name__)
 
 # BeatmapsetsController::download: the account's downloads in the last hour, 429 past it). The
 # production allowance is not published; seed 000 met the 429 after about 190 downloads and
-# waited about 30 minutes, which fits a sliding hour. A bucket of OSU_BURST downloads that
-# refills at OSU_PER_HOUR lets at most OSU_BURST + OSU_PER_HOUR = 180 through in any hour: a
-# browsing burst is never slowed, a long scan settles at one download every 30 s, and the
-# user's own browser keeps some room.
+# waited about 30 minutes, which fits a sliding hour. The allowance (osufs/allowance.py) lets
+# OSU_BURST through at once, refills at OSU_PER_HOUR and holds at most OSU_BURST + OSU_PER_HOUR
+# = 180 in any hour: a browsing burst is never slowed, a long scan settles at one download
+# every 30 s, and the user's own browser keeps some room.
 OSU_BURST = 60
 OSU_PER_HOUR = 120
+OSU_SHAPE = Shape(OSU_BURST + OSU_PER_HOUR, 3600.0, OSU_BURST, refill=OSU_PER_HOUR / 3600.0)
 # The site's 429 carries no Retry-After; a slot frees when the oldest download of the hour
 # ages out, so look again after this long rather than every minute.
 OSU_LIMIT_DEFAULT = 600.0
@@ -73,11 +74,10 @@ class OsuSiteSource(Source):
         cookie: str | None,
         *,
         no_video: bool = False,
-        pacer: Pacer | None = None,
+        shape: Shape = OSU_SHAPE,
     ) -> None:
-        super().__init__(client, base, no_video=no_video)
+        super().__init__(client, base, no_video=no_video, shape=shape)
         self._cookie = cookie
-        self.pacer = pacer or Pacer(OSU_BURST, OSU_PER_HOUR)
         self.refused_until = 0.0
         self._refusal_told = False
         self._quota_lock = trio.Lock()
@@ -109,7 +109,7 @@ class OsuSiteSource(Source):
         return OsufsError(errno.EACCES, f"{self.label}: the site {what} (HTTP 401)")
 
     async def check_quota(self) -> None:
-        """Read the site's own count of this hour's downloads and make the pacer agree.
+        """Read the site's own count of this hour's downloads and make the allowance agree.
 
         Asked before the first download, then every QUOTA_CHECK_EVERY downloads or
         QUOTA_CHECK_INTERVAL seconds; one check at a time, and never for long. A refused cookie
@@ -146,7 +146,7 @@ class OsuSiteSource(Source):
             if not isinstance(used, int) or isinstance(used, bool):
                 log.debug("%s: the download quota check said %r", self.label, info)
                 return
-            if self.pacer.agree(used):
+            if await trio.to_thread.run_sync(self.allowance.agree, used):
                 log.info(
                     "%s: the site counts %d downloads in the last hour; pacing from there",
                     self.label,
@@ -156,14 +156,11 @@ class OsuSiteSource(Source):
     async def open_archive(self, set_id: int, tail: int, sink: BinaryIO) -> RemoteArchive | None:
         if self.refused_until > time.time():
             raise self._refused_error()
-        try:
-            await self.check_quota()
-        except SourceLimited:
-            self.pacer.drain()
-            raise
-        wait = self.pacer.take()
-        if wait > 0:
-            until = time.time() + wait
+        self._check_blocked(self.download_url(set_id))  # a rest's reason, not a pacing wait
+        await self.check_quota()
+        allowance = self.allowance
+        until = await trio.to_thread.run_sync(allowance.take, self.cost("download"))
+        if until > 0:
             raise SourceLimited(
                 f"{self.label}: pacing downloads under the site's hourly allowance; "
                 f"the next one can start at {_clock(until)}",
@@ -171,13 +168,11 @@ class OsuSiteSource(Source):
             )
         try:
             remote = await super().open_archive(set_id, tail, sink)
-        except SourceLimited:
-            self.pacer.drain()
-            raise
         except OsufsError as error:
             # The site records a download only when it redirects; a 404 or 401 is not counted.
+            # (A 429 has rested the source where the answer was judged.)
             if isinstance(error, SourceMissing) or error.errno == errno.EACCES:
-                self.pacer.give_back()
+                await trio.to_thread.run_sync(allowance.give_back, self.cost("download"))
             raise
         self._downloads_since_check += 1
         return remote

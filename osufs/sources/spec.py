@@ -10,6 +10,7 @@ from typing import Protocol
 
 import httpx
 
+from osufs.allowance import Ledger
 from osufs.sources.api import API_PER_MINUTE, CLIENT_MISSING, OSU_SITE, OsuApiSource
 from osufs.sources.base import Source
 from osufs.sources.hexide import HexideSource
@@ -92,8 +93,10 @@ def build_sources(
     client: httpx.AsyncClient,
     settings: _SourceSettings,
     local: Callable[[str], bytes | None] = lambda md5: None,
+    ledger: Ledger | None = None,
 ) -> list[Source]:
-    """Sources in the order the user gave them; `local` is the cache's .osu files by md5. One
+    """Sources in the order the user gave them; `local` is the cache's .osu files by md5, and
+    `ledger` (the store) keeps their allowances, shared with other processes. One
     source lists the catalogue: online.db when it is there, else the osu! API, else the first
     mirror with Mino's search; a catalogue file is the list unless --catalogue asks for more
     (the sources then name its sets one by one)."""
@@ -160,4 +163,7 @@ def build_sources(
             if spec.kind == "url" and settings.no_video and not _NOVIDEO.search(spec.url):
                 log.info("%s has no {novideo:...} part; its archives may hold video", spec.url)
             built.append(SOURCE_KINDS[spec.kind](client, spec.url, no_video=settings.no_video))
+    if ledger is not None:
+        for source in built:
+            source.share_allowance(ledger)
     return built
