@@ -318,11 +318,14 @@ class Allowance:
         now = self._clock()
         remaining = _number(headers.get("x-ratelimit-remaining"))
         if remaining is not None:
-            reset_at = reset_time(headers.get("x-ratelimit-reset"), self.default_rest, now)
-            if remaining < 1:
-                self.rest(reset_at, "its rate limit is spent (x-ratelimit-remaining: 0)")
+            reset = headers.get("x-ratelimit-reset")
+            if remaining < 1 and (reset is not None or self.shape is None):
+                until = reset_time(reset, self.default_rest, now)
+                self.rest(until, "its rate limit is spent (x-ratelimit-remaining: 0)")
             else:
-                self._left(remaining, reset_at)
+                # Without a reset (osu-web's throttle), what is left counts for a window.
+                span = self.shape.span if self.shape is not None else self.default_rest
+                self._left(max(remaining, 0.0), reset_time(reset, span, now))
         daily = _number(headers.get("x-daily-remaining"))
         if daily is not None and daily < 1:
             reset = headers.get("x-ratelimit-daily-reset")

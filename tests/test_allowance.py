@@ -159,6 +159,14 @@ def test_fewer_left_than_counted_is_held_as_spent_until_the_reset():
     assert allowance.take() > clock.now
 
 
+def test_nothing_left_without_a_reset_holds_the_window_spent():
+    clock = FakeClock()
+    allowance = Allowance("api", Shape(60, 60.0, 10), clock=clock)
+    allowance.learn({"x-ratelimit-remaining": "0"}, 200)  # osu-web's throttle: no reset
+    assert allowance.rested_until == 0.0
+    assert allowance.free_at() == pytest.approx(clock.now + Shape(60, 60.0, 10).span)
+
+
 def test_nothing_left_or_a_spent_day_rests_the_source():
     clock = FakeClock()
     allowance = Allowance("mino", Shape.per_minute(60), clock=clock)

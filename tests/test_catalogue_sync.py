@@ -44,8 +44,9 @@ def test_a_catalogue_past_the_search_cap_syncs_whole_and_resumes(
     fast = ("--api-per-minute", "100000")
     options = api_options(url, client_file, "--catalogue", "ranked", *fast, *NO_READ_AHEAD)
     cache, log = tmp_path / "cache", tmp_path / "mount.log"
-    # The first session is cut off after 120 pages (the API answers 429 from then on).
-    state.search_limit = 120
+    # The first session is cut off after 120 pages (the API answers 429 from then on, asking
+    # for a rest of 2 s, which the index keeps for the next session).
+    state.search_limit, state.search_rest = 120, 2
     with mounted(tmp_path / "mnt", cache, log, *options) as mount:
         wait_for(lambda: "set list unavailable after 120 pages" in mount.log(), "the cut")
         first = len(os.listdir(mount.mountpoint))
