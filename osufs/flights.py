@@ -43,7 +43,9 @@ class Flights:
             self._nursery.start_soon(self._fly, key, flight, fetch)
         await flight.done.wait()
         if flight.error is not None:
-            raise OsufsError(flight.error.errno, str(flight.error))
+            # The fetch's own error, type and all (SourceMissing, SourceLimited), to every
+            # waiter; without the traceback of another waiter's raise.
+            raise flight.error.with_traceback(None)
         return flight.result
 
     async def _fly(self, key: Hashable, flight: _Flight[T], fetch: Callable[[], Awaitable[T]]):

@@ -129,7 +129,7 @@ class Operations(pyfuse3.Operations):
         if inode == ROOT:
             return self._root_attributes((await self._root.entries()).newest)
         set_id, index = split_inode(inode)
-        record = self.library.store.catalogue_get(set_id)
+        record = self.library.record(set_id)
         if index == ALIAS:
             record = record or await self.library.resolve(set_id)
             return self._alias_attributes(set_id, record)
@@ -161,7 +161,7 @@ class Operations(pyfuse3.Operations):
         match = _LEADING_ID.match(name)
         if match:
             set_id = int(match.group(1))
-            record = self.library.store.catalogue_get(set_id)
+            record = self.library.record(set_id)
             if record is not None and record.folder == os.fsdecode(name):
                 return self._set_attributes(set_id, record.mtime_ns)
         raise OsufsError.not_found(f"no set folder {name!r}")
@@ -267,17 +267,17 @@ class Operations(pyfuse3.Operations):
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         """df shows the cache: its size is the budget (or the cache's disk), used is what it
         holds, available is what it may still take; files are the sets listed."""
-        store = self.library.store
-        disk = os.statvfs(store.root)
-        used = store.content_bytes()
+        space = self.library.cache_space()
+        disk = os.statvfs(space.root)
+        used = space.used
         room = disk.f_bavail * disk.f_frsize
-        if store.budget is not None:
-            room = max(0, min(room, store.budget - used))
+        if space.budget is not None:
+            room = max(0, min(room, space.budget - used))
         data = pyfuse3.StatvfsData()
         data.f_bsize = data.f_frsize = BLOCK
         data.f_blocks = (used + room) // BLOCK
         data.f_bfree = data.f_bavail = room // BLOCK
-        data.f_files = store.catalogue_count()
+        data.f_files = space.sets
         data.f_ffree = data.f_favail = 0
         data.f_namemax = 255
         return data
@@ -300,7 +300,7 @@ class Operations(pyfuse3.Operations):
         if name == b"user.osufs.set_id":
             return str(set_id).encode()
         if name == b"user.osufs.source":
-            record = self.library.store.catalogue_get(set_id)
+            record = self.library.record(set_id)
             return (record.source if record else "").encode()
         return self.library.cached_state(set_id, index).encode()
 

@@ -150,7 +150,7 @@ async def run_mount(config: MountConfig, ready: Callable[[], None] = lambda: Non
     async with open_library(config) as library:
         # A catalogue file's root is whole from the first look: its names come first.
         await library.catalogue.name_file_sets()
-        if library.store.catalogue_count() == 0 and library.sources:
+        if library.catalogue_count() == 0 and library.sources:
             # A first mount waits for the set list so the root is not empty at first sight.
             with trio.move_on_after(config.fetch_timeout):
                 await library.refresh_catalogue()

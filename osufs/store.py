@@ -450,7 +450,7 @@ class Store:
         raise OsufsError.io("cache index: the map keeps being resized")
 
     @contextlib.contextmanager
-    def _content_locked(self) -> Iterator[None]:
+    def content_locked(self) -> Iterator[None]:
         """content.lock, across processes and threads (each call opens its own descriptor)."""
         fd = os.open(self._content_lock_path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
         try:
@@ -620,38 +620,25 @@ class Store:
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, dir=self.tmp_dir)  # noqa: SIM115 - the caller closes it
         return cast(BinaryIO, spool)
 
-    def commit_blobs(self, blobs: list[PendingBlob]) -> None:
-        """Move fsynced temporary files into content/ and index them, evicting what the budget
-        needs in the same commit; blocking, run in a thread."""
-        if not blobs:
-            return
+    def index_blobs(self, blobs: list[PendingBlob]) -> list[bytes]:
+        """Index blobs whose files are in content/ already, evicting what the budget needs in
+        the same commit; returns the digests let go of (for unlink_trash). Called by the write
+        protocol (fetch/ingest.py) with the content lock held; blocking."""
         protect = self.usage.open_sets() | {blob.set_id for blob in blobs}
         atimes, hits, misses = self.usage.take()
-        with self._content_locked():
-            try:
-                renamed = self._place_files(blobs)
-                crash_point("commit-renamed")
-                try:
-                    freed = self._write(
-                        lambda txn: self._index_blobs(txn, blobs, protect, atimes, hits, misses)
-                    )
-                except BaseException:
-                    for path in renamed:  # no entry points at them: do not leave them behind
-                        path.unlink(missing_ok=True)
-                    raise
-            except BaseException:
-                self.usage.give_back(atimes, hits, misses)
-                for blob in blobs:
-                    blob.temp_path.unlink(missing_ok=True)
-                raise
-            if freed:
-                crash_point("commit-evicted")
-            self._unlink_trash(freed)
+        try:
+            return self._write(
+                lambda txn: self._index_blobs(txn, blobs, protect, atimes, hits, misses)
+            )
+        except BaseException:
+            self.usage.give_back(atimes, hits, misses)
+            raise
 
-    def _place_files(
+    def place_files(
         self, blobs: list[PendingBlob] | list[PendingOsu], *, sync_dirs: bool = True
     ) -> list[Path]:
-        """Rename temporary files into content/ unless the index has their bytes already."""
+        """Rename fsynced temporary files into content/ unless the index has their bytes already
+        (content lock held); the files renamed."""
         with self._read() as txn:
             indexed = {b.digest for b in blobs if txn.get(b.digest, db=self._content) is not None}
         renamed: list[Path] = []
@@ -668,7 +655,7 @@ class Store:
                 os.replace(blob.temp_path, final)
             renamed.append(final)
         if sync_dirs:
-            _fsync_dirs({path.parent for path in renamed})
+            fsync_dirs({path.parent for path in renamed})
         return renamed
 
     def _index_blobs(
@@ -737,13 +724,13 @@ class Store:
         one commit (an import's batch); returns how many were new. Blocking."""
         if not items:
             return 0
-        with self._content_locked():
+        with self.content_locked():
             try:
                 # One sync of the file system for the batch's bytes, one for its renames: an
                 # fsync of each file and of each of its thousands of folders costs more than
                 # the import itself.
                 syncfs(self.tmp_dir)
-                renamed = self._place_files(items, sync_dirs=False)
+                renamed = self.place_files(items, sync_dirs=False)
                 syncfs(self.content_dir)
                 try:
                     return self._write(lambda txn: self._index_osu(txn, items))
@@ -776,7 +763,7 @@ class Store:
         without copying a byte; an entry already indexed, or content gone, is left alone."""
         if not links:
             return
-        with self._content_locked():
+        with self.content_locked():
 
             def link(txn: lmdb.Transaction) -> None:
                 for entry, digest in links:
@@ -794,7 +781,7 @@ class Store:
     def drop_missing(self, set_id: int, entry: int, path: Path) -> bool:
         """Forget a blob whose content file has vanished (damage, or another mount's eviction
         seen half-way); True if the index pointed at `path` and no longer does."""
-        with self._content_locked():
+        with self.content_locked():
             if path.exists():
                 return False
 
@@ -811,7 +798,7 @@ class Store:
                 return True
 
             dropped = self._write(drop)
-            self._unlink_trash(freed)
+            self.unlink_trash(freed)
         if dropped:
             log.warning("set %d: member %d: %s is missing; entry dropped", set_id, entry, path)
         return dropped
@@ -906,7 +893,7 @@ class Store:
     def evict(self, set_ids: Iterable[int]) -> EvictReport:
         """Drop the named sets' cached members (not pinned ones); listings stay."""
         wanted = list(dict.fromkeys(set_ids))
-        with self._content_locked():
+        with self.content_locked():
 
             def evict(txn: lmdb.Transaction) -> tuple[EvictReport, list[bytes]]:
                 report = EvictReport()
@@ -932,12 +919,12 @@ class Store:
             report, freed = self._write(evict)
             if freed:
                 crash_point("evict-indexed")
-            self._unlink_trash(freed)
+            self.unlink_trash(freed)
         return report
 
     def evict_to(self, limit: int) -> int:
         """Evict least recently used unpinned sets until the content fits `limit` bytes."""
-        with self._content_locked():
+        with self.content_locked():
 
             def shrink(txn: lmdb.Transaction) -> tuple[int, list[bytes]]:
                 before = _unpack_int(txn.get(b"content_bytes", db=self._meta))
@@ -947,10 +934,10 @@ class Store:
                 return before - after, freed
 
             released, freed = self._write(shrink)
-            self._unlink_trash(freed)
+            self.unlink_trash(freed)
         return released
 
-    def _unlink_trash(self, digests: list[bytes]) -> None:
+    def unlink_trash(self, digests: list[bytes]) -> None:
         """Unlink content files the index has let go of, then forget them (content lock held)."""
         if not digests:
             return
@@ -976,7 +963,7 @@ class Store:
         with self._read() as txn:
             if not txn.stat(self._trash)["entries"]:
                 return 0
-        with self._content_locked():
+        with self.content_locked():
             with self._read() as txn:
                 listed = [bytes(k) for k in txn.cursor(db=self._trash).iternext(values=False)]
                 # A digest indexed again since (by another process) keeps its file.
@@ -1081,7 +1068,7 @@ class Store:
             progress(size)
             if reason is not None:
                 bad[digest] = reason
-        with self._content_locked():
+        with self.content_locked():
             # Re-check under the lock: a file may have been evicted (and its entry with it).
             bad = {
                 d: r
@@ -1136,7 +1123,7 @@ class Store:
             self._write(repair)
             with self._read() as txn:
                 trash = [bytes(k) for k in txn.cursor(db=self._trash).iternext(values=False)]
-            self._unlink_trash(trash)
+            self.unlink_trash(trash)
         return report
 
     def gc(self) -> GcReport:
@@ -1156,7 +1143,7 @@ class Store:
             with self._read() as txn:
                 if txn.get(bytes.fromhex(path.name), db=self._content) is None:
                     candidates.append(path)
-        with self._content_locked():
+        with self.content_locked():
             for path in candidates:
                 if _DIGEST_NAME.fullmatch(path.name) and path == self.content_path(
                     bytes.fromhex(path.name)
@@ -1251,7 +1238,7 @@ def syncfs(folder: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dirs(folders: set[Path]) -> None:
+def fsync_dirs(folders: set[Path]) -> None:
     for folder in folders:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:

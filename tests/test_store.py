@@ -15,8 +15,9 @@ import lmdb
 import msgpack
 import pytest
 
-from osufs.archive import ZipMember
+from osufs.archive import Limits, ZipMember
 from osufs.cache import parse_size
+from osufs.fetch.ingest import loose_member, opener, write_members
 from osufs.listing import (
     Entry,
     Pin,
@@ -26,18 +27,15 @@ from osufs.listing import (
     complete_listing,
     provisional_listing,
 )
-from osufs.store import SCHEMA_VERSION, HashingWriter, PendingBlob, Store, fsync_file
+from osufs.store import SCHEMA_VERSION, Store
 
 KB = 1024
 
 
-def blob(store: Store, set_id: int, entry: int, data: bytes) -> PendingBlob:
-    path, sink = store.new_temp()
-    with sink:
-        writer = HashingWriter(sink)
-        writer(data)
-        fsync_file(sink)
-    return PendingBlob(set_id, entry, path, writer.hash.digest(), writer.size)
+def commit(store: Store, set_id: int, members: dict[int, bytes]) -> None:
+    """Store members of a set the way fetching does: the one write protocol."""
+    items = [(entry, opener(data), loose_member(data)) for entry, data in members.items()]
+    write_members(store, set_id, items, Limits())
 
 
 def data_for(set_id: int, entry: int, size: int = 10 * KB) -> bytes:
@@ -46,9 +44,7 @@ def data_for(set_id: int, entry: int, size: int = 10 * KB) -> bytes:
 
 
 def fill(store: Store, set_id: int, members: int = 2, size: int = 10 * KB) -> None:
-    store.commit_blobs(
-        [blob(store, set_id, e, data_for(set_id, e, size)) for e in (1, 2)[:members]]
-    )
+    commit(store, set_id, {e: data_for(set_id, e, size) for e in (1, 2)[:members]})
 
 
 def cached(store: Store) -> list[int]:
@@ -70,8 +66,8 @@ def store(tmp_path: Path):
 
 def test_shared_bytes_are_stored_once(store: Store):
     shared = b"hitsound" * 1000
-    store.commit_blobs([blob(store, 1, 1, shared), blob(store, 1, 2, b"one")])
-    store.commit_blobs([blob(store, 2, 5, shared), blob(store, 2, 6, b"two")])
+    commit(store, 1, {1: shared, 2: b"one"})
+    commit(store, 2, {5: shared, 6: b"two"})
     assert store.blob_path(1, 1) == store.blob_path(2, 5)
     assert store.blob_path(1, 1).read_bytes() == shared
     assert len(content_files(store)) == 3
@@ -84,8 +80,8 @@ def test_shared_bytes_are_stored_once(store: Store):
 
 def test_evicting_one_sharer_keeps_the_shared_file(store: Store):
     shared = b"x" * 5000
-    store.commit_blobs([blob(store, 1, 1, shared), blob(store, 1, 2, b"only one")])
-    store.commit_blobs([blob(store, 2, 1, shared)])
+    commit(store, 1, {1: shared, 2: b"only one"})
+    commit(store, 2, {1: shared})
     only_one = store.blob_path(1, 2)
     report = store.evict([1, 3])
     assert (report.evicted, report.not_cached, report.bytes_freed) == ([1], [3], 8)
@@ -199,8 +195,8 @@ def test_counters_and_budget_survive_reopening(tmp_path: Path):
 
 def test_verify_drops_damaged_and_missing_content(store: Store):
     shared = b"s" * 3000
-    store.commit_blobs([blob(store, 1, 1, shared), blob(store, 1, 2, b"fine")])
-    store.commit_blobs([blob(store, 2, 1, shared), blob(store, 2, 2, b"gone")])
+    commit(store, 1, {1: shared, 2: b"fine"})
+    commit(store, 2, {1: shared, 2: b"gone"})
     damaged, missing = store.blob_path(1, 1), store.blob_path(2, 2)
     damaged.write_bytes(b"t" * 3000)
     missing.unlink()
@@ -214,7 +210,7 @@ def test_verify_drops_damaged_and_missing_content(store: Store):
     assert store.content_bytes() == 4
     assert store.verify().damaged == []
     # A member dropped is simply fetched again: the same bytes commit cleanly.
-    store.commit_blobs([blob(store, 1, 1, shared)])
+    commit(store, 1, {1: shared})
     assert store.blob_path(1, 1).read_bytes() == shared
 
 
@@ -293,7 +289,7 @@ def test_a_file_in_place_without_an_entry_is_replaced(store: Store):
     final = store.content_path(digest)
     final.parent.mkdir(parents=True)
     final.write_bytes(b"junk left by a crash")
-    store.commit_blobs([blob(store, 1, 1, data)])
+    commit(store, 1, {1: data})
     assert store.blob_path(1, 1).read_bytes() == data
 
 

@@ -16,6 +16,7 @@ import trio
 from osufs import archive
 from osufs.archive import Limits, MemberError, ZipMember
 from osufs.errors import OsufsError
+from osufs.fetch.ingest import commit_blobs
 from osufs.fetch.streaming import SEEK_GAP, MemberStream
 from osufs.store import PendingBlob, Store
 from tests.hostile import Raw, build_zip
@@ -87,7 +88,7 @@ class Harness:
         self.runs = trio.CapacityLimiter(4)
 
     async def commit(self, blob: PendingBlob) -> None:
-        await trio.to_thread.run_sync(self.store.commit_blobs, [blob])
+        await trio.to_thread.run_sync(commit_blobs, self.store, [blob])
 
     def stream(self, member: ZipMember, timeout: float = 30.0) -> MemberStream:
         stream = MemberStream(
