@@ -27,6 +27,7 @@ import email.utils
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -67,18 +68,21 @@ class Ledger(Protocol):
 
 
 class MemoryLedger:
-    """A ledger of one process, for sources used without a cache directory."""
+    """A ledger of one process, for sources used without a cache directory (thread-safe: a
+    source takes from worker threads)."""
 
     def __init__(self) -> None:
         self._records: dict[str, bytes] = {}
+        self._lock = threading.Lock()
 
     def allowance_get(self, key: str) -> bytes | None:
         return self._records.get(key)
 
     def allowance_update(self, key: str, change: Callable[[bytes | None], tuple[bytes, T]]) -> T:
-        record, result = change(self._records.get(key))
-        self._records[key] = record
-        return result
+        with self._lock:
+            record, result = change(self._records.get(key))
+            self._records[key] = record
+            return result
 
 
 @dataclass(frozen=True, slots=True)
