@@ -275,14 +275,19 @@ class Allowance:
             return
         shape = self.shape
 
-        def meet(state: _State, now: float) -> None:
+        def meet(state: _State, now: float) -> bool:
             left = shape.limit - sum(item[1] for item in state.spent)
             if remaining < left:
                 state.spent.append([min(now, reset_at - shape.span), left - remaining])
                 state.spent.sort()
+            changed = remaining < left or state.tokens > remaining
             state.tokens = min(state.tokens, max(remaining, 0.0))
+            return changed
 
-        self._change(meet)
+        # Most answers agree with the record: tell so from a read, and write only otherwise.
+        now = self._clock()
+        if meet(self._load(self.ledger.allowance_get(self.key), now), now):
+            self._change(meet)
 
     def rest(self, until: float, why: str, *, warn: bool = False) -> bool:
         """Send nothing to the source until `until`; said in the log once per rest. True when
