@@ -44,6 +44,9 @@ T = TypeVar("T")
 # inside its next one, and servers round their resets to whole seconds.
 WINDOW_SLACK = 0.01
 WINDOW_SLACK_MIN = 0.2
+# A record keeps at most this many spendings (a generous limit merges its oldest ones), so a
+# take stays one small write however high the limit.
+SPENT_ENTRIES = 256
 # A reader always finds this much of the allowance that background work may not spend.
 BACKGROUND_RESERVE = 5.0
 # A Retry-After, reset or ban further out than this is read as this (a typo on the server
@@ -223,6 +226,10 @@ class Allowance:
             if self.shape is not None:
                 state.tokens -= cost
                 state.spent.append([now, cost])
+                if len(state.spent) > SPENT_ENTRIES:
+                    # The oldest two as one, at the later time: it leaves the window later.
+                    first, second = state.spent[:2]
+                    state.spent[:2] = [[second[0], first[1] + second[1]]]
             return 0.0
 
         if self.shape is None:

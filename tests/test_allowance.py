@@ -76,6 +76,18 @@ def test_a_weighted_request_costs_its_weight():
     assert allowance.take(4.0) > clock.now and allowance.take(2.0) == 0.0
 
 
+def test_a_generous_limit_keeps_the_record_small_and_the_limit_held():
+    clock = FakeClock()
+    allowance = Allowance("api", Shape(2000, 60.0, 2000, reserve=0), clock=clock)
+    granted = 0
+    while allowance.take() == 0.0:
+        granted += 1
+        clock.now += 0.001
+    assert granted == 2000
+    record = allowance.ledger.allowance_get("api")
+    assert record is not None and len(record) < 8192
+
+
 def test_a_request_not_counted_is_given_back():
     clock = FakeClock()
     allowance = Allowance("site", Shape(2, 3600.0, 2), clock=clock)
