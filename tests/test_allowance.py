@@ -218,3 +218,22 @@ def test_a_rest_is_shared_through_the_ledger():
     prefetch = Allowance("catboy https://catboy.best", Shape.per_minute(60), ledger=ledger)
     mount.learn({"retry-after": "5"}, 429)
     assert prefetch.take() > time.time() + 4
+
+
+def test_a_source_says_when_each_kind_of_request_could_go():
+    import httpx
+
+    from osufs.sources.mino import MinoSource
+
+    # Nothing is sent: the allowance is asked and spent directly.
+    source = MinoSource(httpx.AsyncClient(), "https://catboy.best", name="catboy", per_minute=60)
+    assert source.request_kind("https://catboy.best/d/12n") == "download"
+    assert source.request_kind("https://catboy.best/osu/34") == "osu"
+    assert source.request_kind("https://catboy.best/api/v2/s/12") == "set"
+    assert source.request_kind("https://catboy.best/api/v2/search?query=") == "search"
+    assert source.free_at("osu") <= time.time()
+    for _ in range(10):
+        assert source.allowance.take(source.cost("download")) == 0.0
+    assert source.free_at("osu") > time.time()  # the burst is spent, whatever the kind
+    assert source.free_at("osu", background=True) > source.free_at("osu")
+
