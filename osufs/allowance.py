@@ -27,6 +27,7 @@ import email.utils
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ T = TypeVar("T")
 # inside its next one, and servers round their resets to whole seconds.
 WINDOW_SLACK = 0.01
 WINDOW_SLACK_MIN = 0.2
+# A record keeps at most this many spendings (a generous limit merges its oldest ones), so a
+# take stays one small write however high the limit.
+SPENT_ENTRIES = 256
 # A reader always finds this much of the allowance that background work may not spend.
 BACKGROUND_RESERVE = 5.0
 # A Retry-After, reset or ban further out than this is read as this (a typo on the server
@@ -67,18 +71,21 @@ class Ledger(Protocol):
 
 
 class MemoryLedger:
-    """A ledger of one process, for sources used without a cache directory."""
+    """A ledger of one process, for sources used without a cache directory (thread-safe: a
+    source takes from worker threads)."""
 
     def __init__(self) -> None:
         self._records: dict[str, bytes] = {}
+        self._lock = threading.Lock()
 
     def allowance_get(self, key: str) -> bytes | None:
         return self._records.get(key)
 
     def allowance_update(self, key: str, change: Callable[[bytes | None], tuple[bytes, T]]) -> T:
-        record, result = change(self._records.get(key))
-        self._records[key] = record
-        return result
+        with self._lock:
+            record, result = change(self._records.get(key))
+            self._records[key] = record
+            return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +226,10 @@ class Allowance:
             if self.shape is not None:
                 state.tokens -= cost
                 state.spent.append([now, cost])
+                if len(state.spent) > SPENT_ENTRIES:
+                    # The oldest two as one, at the later time: it leaves the window later.
+                    first, second = state.spent[:2]
+                    state.spent[:2] = [[second[0], first[1] + second[1]]]
             return 0.0
 
         if self.shape is None:
@@ -271,14 +282,19 @@ class Allowance:
             return
         shape = self.shape
 
-        def meet(state: _State, now: float) -> None:
+        def meet(state: _State, now: float) -> bool:
             left = shape.limit - sum(item[1] for item in state.spent)
             if remaining < left:
                 state.spent.append([min(now, reset_at - shape.span), left - remaining])
                 state.spent.sort()
+            changed = remaining < left or state.tokens > remaining
             state.tokens = min(state.tokens, max(remaining, 0.0))
+            return changed
 
-        self._change(meet)
+        # Most answers agree with the record: tell so from a read, and write only otherwise.
+        now = self._clock()
+        if meet(self._load(self.ledger.allowance_get(self.key), now), now):
+            self._change(meet)
 
     def rest(self, until: float, why: str, *, warn: bool = False) -> bool:
         """Send nothing to the source until `until`; said in the log once per rest. True when

@@ -76,6 +76,18 @@ def test_a_weighted_request_costs_its_weight():
     assert allowance.take(4.0) > clock.now and allowance.take(2.0) == 0.0
 
 
+def test_a_generous_limit_keeps_the_record_small_and_the_limit_held():
+    clock = FakeClock()
+    allowance = Allowance("api", Shape(2000, 60.0, 2000, reserve=0), clock=clock)
+    granted = 0
+    while allowance.take() == 0.0:
+        granted += 1
+        clock.now += 0.001
+    assert granted == 2000
+    record = allowance.ledger.allowance_get("api")
+    assert record is not None and len(record) < 8192
+
+
 def test_a_request_not_counted_is_given_back():
     clock = FakeClock()
     allowance = Allowance("site", Shape(2, 3600.0, 2), clock=clock)
@@ -206,3 +218,22 @@ def test_a_rest_is_shared_through_the_ledger():
     prefetch = Allowance("catboy https://catboy.best", Shape.per_minute(60), ledger=ledger)
     mount.learn({"retry-after": "5"}, 429)
     assert prefetch.take() > time.time() + 4
+
+
+def test_a_source_says_when_each_kind_of_request_could_go():
+    import httpx
+
+    from osufs.sources.mino import MinoSource
+
+    # Nothing is sent: the allowance is asked and spent directly.
+    source = MinoSource(httpx.AsyncClient(), "https://catboy.best", name="catboy", per_minute=60)
+    assert source.request_kind("https://catboy.best/d/12n") == "download"
+    assert source.request_kind("https://catboy.best/osu/34") == "osu"
+    assert source.request_kind("https://catboy.best/api/v2/s/12") == "set"
+    assert source.request_kind("https://catboy.best/api/v2/search?query=") == "search"
+    assert source.free_at("osu") <= time.time()
+    for _ in range(10):
+        assert source.allowance.take(source.cost("download")) == 0.0
+    assert source.free_at("osu") > time.time()  # the burst is spent, whatever the kind
+    assert source.free_at("osu", background=True) > source.free_at("osu")
+

@@ -228,6 +228,11 @@ class Source:
         """What a request of `kind` costs of the allowance."""
         return self.costs.get(kind, 1.0)
 
+    def free_at(self, kind: str, *, background: bool = False) -> float:
+        """When a request of `kind` could be sent here (unix time; <= now: now), for choosing
+        and waiting; the source itself takes the cost when it sends the request."""
+        return self.allowance.free_at(self.cost(kind), background=background)
+
     @property
     def limited_until(self) -> float:
         """Until when this source is not to be asked: its rest (shared), or a wait this process
