@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what osufs needs on a Debian or Ubuntu machine: FUSE 3 and its headers (pyfuse3
-# builds against them), fuse-overlayfs (for --writable without root), a virtualenv in .venv
+# builds against them), fuse-overlayfs (for --writable without root), Ceph's monitor, OSD and
+# radosgw (the tests' S3 server), a virtualenv in .venv
 # with pyfuse3 built from its pinned sdist and patches/pyfuse3 (docs/pyfuse3.md), and the
 # package with its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(fuse3 libfuse3-dev pkg-config fuse-overlayfs patch)
+# A one-node Ceph cluster: its radosgw is the S3 server the shared tier's tests start.
+packages+=(ceph-mon ceph-osd radosgw)
 python3 -c 'import ensurepip' 2>/dev/null || packages+=(python3-venv)
 missing=()
 for package in "${packages[@]}"; do

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import Server
+from tests.rgw import Radosgw, radosgw
 
 TEST_HOME = Path(tempfile.mkdtemp(prefix="osufs-tests-"))
 for variable in ("XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME"):
@@ -32,3 +33,10 @@ def server(archives: Path, tmp_path: Path) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def rgw() -> Iterator[Radosgw]:
+    """One real S3 server (Ceph's radosgw) for the whole session, stopped and removed after."""
+    with radosgw() as gateway:
+        yield gateway
