@@ -90,6 +90,13 @@ class SourceLimited(OsufsError):
         self.until = until
 
 
+class NotJson(OsufsError):
+    """A source answered something else (usually an HTML page) where its JSON belongs."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EIO, message)
+
+
 class Pacer:
     """A token bucket: `burst` requests at once, then `per_hour` an hour.
 
@@ -343,6 +350,36 @@ class Source:
     async def beatmap_file(self, beatmap_id: int, md5: str, *, background: bool = False) -> bytes:
         """A difficulty's .osu bytes by beatmap id, checked against md5 (SourceMismatch)."""
         raise OsufsError.io(f"{self.label}: serves no .osu files by beatmap id")
+
+    # the preflight (osufs/preflight.py)
+
+    async def probe(self) -> str:
+        """Ask the source once, cheaply, whether it can serve: what it said of its allowance
+        ("" when nothing), or an OsufsError saying what is wrong. The request goes the way of
+        any other (paced, counted, never sent while the source is resting). A plain mirror has
+        only its downloads, so its front page is asked for, and any answer but a refusal will do.
+        """
+        root = "{}://{}/".format(*_origin(self.base))
+        try:
+            async with self.stream("HEAD", root) as response:
+                return allowance_said(response.headers)
+        except SourceMissing:
+            return ""
+
+    async def probe_json(self, url: str, headers: dict[str, str] | None = None) -> tuple[Any, str]:
+        """A small JSON answer for a probe, and what its headers said of the allowance; an
+        HTML page there (a login page, a wrong URL) is NotJson."""
+        sent = {"Accept": "application/json", **(headers or {})}
+        async with self.stream("GET", url, headers=sent) as response:
+            body = await _read_body(response, MAX_SMALL_JSON)
+            said = allowance_said(response.headers)
+            html = "text/html" in response.headers.get("content-type", "")
+        if html or _looks_like_html(body):
+            raise NotJson(f"{self.label}: {urlsplit(url).path} answered an HTML page, not JSON")
+        try:
+            return json.loads(body), said
+        except ValueError:
+            raise NotJson(f"{self.label}: {urlsplit(url).path} did not answer JSON") from None
 
     @asynccontextmanager
     async def stream(
@@ -664,6 +701,21 @@ def _reset_time(value: str | None, default: float, now: float | None = None) -> 
         return parse_retry_after(text or None, default, now)
     until = number if number > 1e9 else now + number
     return min(max(until, now), now + RETRY_AFTER_CAP)
+
+
+def allowance_said(headers: httpx.Headers) -> str:
+    """What rate-limit headers say is left ("57 of 60 requests left this window, 99000
+    today"); "" when they say nothing."""
+    left = headers.get("x-ratelimit-remaining", "").strip()
+    if not left:
+        return ""
+    limit = headers.get("x-ratelimit-limit", "").strip()
+    said = f"{left} of {limit} requests left" if limit else f"{left} requests left"
+    reset = headers.get("x-ratelimit-reset", "").strip()
+    if reset:
+        said += f" until {_clock(_reset_time(reset, LIMIT_DEFAULT))}"
+    daily = headers.get("x-daily-remaining", "").strip()
+    return f"{said}, {daily} today" if daily else said
 
 
 def _clock(when: float) -> str:

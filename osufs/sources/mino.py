@@ -124,6 +124,16 @@ class MinoSource(MirrorSource):
                 reset = response.headers.get("x-ratelimit-daily-reset")
                 self.rest(_reset_time(reset, 3600.0), "its daily allowance is spent")
 
+    async def probe(self) -> str:
+        """`/api/ratelimits`: the mirror's own account of the allowance left (one token)."""
+        with _in_background(False):
+            info, said = await self.probe_json(f"{self._root}/api/ratelimits")
+        if isinstance(info, dict) and isinstance(info.get("remaining"), int):
+            daily = info.get("daily_remaining")
+            today = f", {daily} today" if isinstance(daily, int) else ""
+            return f"{info['remaining']} requests left this minute{today}"
+        return said
+
     # metadata
 
     async def _json(self, path: str, limit: int, *, background: bool) -> Any:
