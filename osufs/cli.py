@@ -37,6 +37,9 @@ from osufs.store import StoreError
 log = logging.getLogger("osufs")
 
 READY_WAIT = 60.0
+# The detached mount's pipe to the `osufs mount` waiting for it: NOTE lines, then READY.
+NOTE = "osufs: "
+READY = b"ready"
 
 
 class _Redact(logging.Filter):
@@ -422,13 +425,17 @@ def mount(
         **options,
     )
 
+    def told(lines: list[str]) -> None:
+        if ready_fd is not None:  # the waiting `osufs mount` prints them (_mount_in_background)
+            os.write(ready_fd, "".join(f"{NOTE}{line}\n" for line in lines).encode())
+
     def ready() -> None:
         if ready_fd is not None:
-            os.write(ready_fd, b"1")
+            os.write(ready_fd, READY)
             os.close(ready_fd)
 
     try:
-        trio.run(run_mount, config, ready)
+        trio.run(run_mount, config, ready, told)
     except (overlay.OverlayError, StoreError, OnlineDbError) as error:
         raise click.ClickException(str(error)) from None
 
@@ -544,13 +551,20 @@ def _mount_in_background(mountpoint: Path) -> None:
         )
     os.close(write_end)
     deadline = time.monotonic() + READY_WAIT
+    heard = b""
     while time.monotonic() < deadline:
         readable, _, _ = select.select([read_end], [], [], 0.2)
         if readable:
-            if os.read(read_end, 1) == b"1":
+            chunk = os.read(read_end, 4096)
+            heard += chunk
+            *lines, heard = heard.split(b"\n")
+            for line in lines:  # the preflight's: what is wrong with each source
+                click.echo(line.decode(errors="replace"), err=True)
+            if heard == READY:
                 click.echo(f"mounted {mountpoint} (log: {log_path})")
                 return
-            break  # the pipe closed: the process ended before it was ready
+            if not chunk:
+                break  # the pipe closed: the process ended before it was ready
         if process.poll() is not None:
             break
     process.terminate()

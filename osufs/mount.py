@@ -27,6 +27,7 @@ from osufs.errors import OsufsError
 from osufs.fs import Operations
 from osufs.library import READ_AHEAD_SETS, Library
 from osufs.overlay import LowerOperations, OverlayError, Writable
+from osufs.preflight import log_findings, preflight
 from osufs.sources import SourceSpec, build_sources
 from osufs.store import Store
 
@@ -133,8 +134,13 @@ def mount_owner() -> tuple[int, int]:
     return os.getuid(), os.getgid()
 
 
-async def run_mount(config: MountConfig, ready: Callable[[], None] = lambda: None) -> None:
-    """Mount, serve until unmounted or signalled, then unmount and close everything.
+async def run_mount(
+    config: MountConfig,
+    ready: Callable[[], None] = lambda: None,
+    told: Callable[[list[str]], None] = lambda lines: None,
+) -> None:
+    """Mount, serve until unmounted or signalled, then unmount and close everything. Before
+    it is ready, the preflight's lines (what is wrong with each source) are logged and `told`.
 
     Raises OverlayError when the writable layer cannot start (after undoing the rest)."""
     raise_open_file_limit()
@@ -148,10 +154,13 @@ async def run_mount(config: MountConfig, ready: Callable[[], None] = lambda: Non
         layer = Writable(layout, engine=config.overlay, allow_other=config.allow_other, owner=owner)
     failures: list[OverlayError] = []
     async with open_library(config) as library:
+        findings = await preflight(library.sources)
+        told(log_findings(findings))
         # A catalogue file's root is whole from the first look: its names come first.
         await library.catalogue.name_file_sets()
-        if library.catalogue_count() == 0 and library.sources:
-            # A first mount waits for the set list so the root is not empty at first sight.
+        if library.catalogue_count() == 0 and any(f.ok for f in findings):
+            # A first mount waits for the set list so the root is not empty at first sight
+            # (not when no source answered the preflight: the list comes in the background).
             with trio.move_on_after(config.fetch_timeout):
                 await library.refresh_catalogue()
         if layer is None:

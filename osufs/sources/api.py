@@ -220,6 +220,14 @@ class OsuApiSource(Source):
             self._token_expires = time.time() + lifetime - min(TOKEN_MARGIN, lifetime / 10)
             self.grants += 1
 
+    async def probe(self) -> str:
+        """A token for the client (paced like any API request, and kept for what follows): a
+        refused client id or secret shows here. No client: nothing is sent."""
+        if self._credentials is None:
+            raise OsufsError(errno.EACCES, f"{self.label}: {CLIENT_MISSING}")
+        await self._authorize()
+        return ""
+
     async def _api(self, url: str, limit: int, *, background: bool = False) -> Any:
         """An API answer, with a token; a refused token is renewed once."""
         for attempt in range(2):

@@ -23,7 +23,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import trio
 
-from osufs.allowance import BAN_REST, LONGEST_REST, Allowance, Ledger, Shape
+from osufs.allowance import BAN_REST, LONGEST_REST, Allowance, Ledger, Shape, reset_time
 from osufs.allowance import clock as _clock
 from osufs.allowance import retry_after as parse_retry_after
 from osufs.errors import OsufsError
@@ -86,6 +86,13 @@ class SourceLimited(OsufsError):
         # EIO, not EAGAIN: readers of regular files do not expect EAGAIN and some spin on it.
         super().__init__(errno.EIO, message)
         self.until = until
+
+
+class NotJson(OsufsError):
+    """A source answered something else (usually an HTML page) where its JSON belongs."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EIO, message)
 
 
 class _ArchiveDigest:
@@ -333,6 +340,36 @@ class Source:
     async def beatmap_file(self, beatmap_id: int, md5: str, *, background: bool = False) -> bytes:
         """A difficulty's .osu bytes by beatmap id, checked against md5 (SourceMismatch)."""
         raise OsufsError.io(f"{self.label}: serves no .osu files by beatmap id")
+
+    # the preflight (osufs/preflight.py)
+
+    async def probe(self) -> str:
+        """Ask the source once, cheaply, whether it can serve: what it said of its allowance
+        ("" when nothing), or an OsufsError saying what is wrong. The request goes the way of
+        any other (paced, counted, never sent while the source is resting). A plain mirror has
+        only its downloads, so its front page is asked for, and any answer but a refusal will do.
+        """
+        root = "{}://{}/".format(*_origin(self.base))
+        try:
+            async with self.stream("HEAD", root) as response:
+                return allowance_said(response.headers)
+        except SourceMissing:
+            return ""
+
+    async def probe_json(self, url: str, headers: dict[str, str] | None = None) -> tuple[Any, str]:
+        """A small JSON answer for a probe, and what its headers said of the allowance; an
+        HTML page there (a login page, a wrong URL) is NotJson."""
+        sent = {"Accept": "application/json", **(headers or {})}
+        async with self.stream("GET", url, headers=sent) as response:
+            body = await _read_body(response, MAX_SMALL_JSON)
+            said = allowance_said(response.headers)
+            html = "text/html" in response.headers.get("content-type", "")
+        if html or _looks_like_html(body):
+            raise NotJson(f"{self.label}: {urlsplit(url).path} answered an HTML page, not JSON")
+        try:
+            return json.loads(body), said
+        except ValueError:
+            raise NotJson(f"{self.label}: {urlsplit(url).path} did not answer JSON") from None
 
     @asynccontextmanager
     async def stream(
@@ -605,6 +642,21 @@ def _refuse_html(source: Source, set_id: int, response: httpx.Response) -> None:
 def _looks_like_html(data: bytes) -> bool:
     head = data[:64].lstrip().lower()
     return head.startswith((b"<!doctype html", b"<html"))
+
+
+def allowance_said(headers: httpx.Headers) -> str:
+    """What rate-limit headers say is left ("57 of 60 requests left this window, 99000
+    today"); "" when they say nothing."""
+    left = headers.get("x-ratelimit-remaining", "").strip()
+    if not left:
+        return ""
+    limit = headers.get("x-ratelimit-limit", "").strip()
+    said = f"{left} of {limit} requests left" if limit else f"{left} requests left"
+    reset = headers.get("x-ratelimit-reset", "").strip()
+    if reset:
+        said += f" until {_clock(reset_time(reset, LIMIT_DEFAULT))}"
+    daily = headers.get("x-daily-remaining", "").strip()
+    return f"{said}, {daily} today" if daily else said
 
 
 def _content_range(response: httpx.Response) -> tuple[int, int, int]:

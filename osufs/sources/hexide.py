@@ -17,6 +17,7 @@ from osufs.sources.base import (
     CatalogueEntry,
     SetInfoCache,
     Source,
+    SourceMissing,
     _ArchiveDigest,
     _date_ns,
     _read_body,
@@ -33,6 +34,14 @@ class HexideSource(Source):
     def download_url(self, set_id: int) -> str:
         suffix = "download/novid" if self.no_video else "download"
         return f"{self.base.rstrip('/')}/beatmaps/{set_id}/{suffix}"
+
+    async def probe(self) -> str:
+        """The set info of set 1 (a 404 will do: it is the API's answer, not a web page's)."""
+        try:
+            _info, said = await self.probe_json(f"{self.base.rstrip('/')}/beatmaps/1")
+        except SourceMissing:
+            return ""
+        return said
 
     async def catalogue(self) -> list[CatalogueEntry]:
         items = await self.json(f"{self.base.rstrip('/')}/beatmaps/", MAX_CATALOGUE_JSON)

@@ -127,6 +127,16 @@ class MinoSource(MirrorSource):
             await self._pace(self.allowance, cost=cost, background=_BACKGROUND.get(), what="mirror")
         return await super()._open(method, url, headers)
 
+    async def probe(self) -> str:
+        """`/api/ratelimits`: the mirror's own account of the allowance left (one token)."""
+        with _in_background(False):
+            info, said = await self.probe_json(f"{self._root}/api/ratelimits")
+        if isinstance(info, dict) and isinstance(info.get("remaining"), int):
+            daily = info.get("daily_remaining")
+            today = f", {daily} today" if isinstance(daily, int) else ""
+            return f"{info['remaining']} requests left this minute{today}"
+        return said
+
     # metadata
 
     async def _json(self, path: str, limit: int, *, background: bool) -> Any:

@@ -381,6 +381,10 @@ class OnlineDbSource(Source):
             old.close()
         log.info("online.db: schema version %d (%s)", fresh.version, self.copy.path)
 
+    async def probe(self) -> str:
+        """A local file, opened by `prepare`: nothing to ask."""
+        return f"a local copy ({self.copy.path})"
+
     def close(self) -> None:
         if self._db is not None:
             self._db.close()

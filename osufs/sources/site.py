@@ -153,6 +153,19 @@ class OsuSiteSource(Source):
                     used,
                 )
 
+    async def probe(self) -> str:
+        """The site's own count of this hour's downloads, which needs the cookie: a refused
+        cookie shows here, before any download is tried. No cookie: nothing is sent."""
+        if not self._cookie:
+            raise OsufsError(errno.EACCES, f"{self.label}: {COOKIE_MISSING}")
+        url = f"{self.base.rstrip('/')}/home/download-quota-check"
+        info, _said = await self.probe_json(url)
+        used = info.get("quota_used") if isinstance(info, dict) else None
+        if not isinstance(used, int) or isinstance(used, bool):
+            return ""
+        self.pacer.agree(used)
+        return f"{used} downloads counted in the last hour"
+
     async def open_archive(self, set_id: int, tail: int, sink: BinaryIO) -> RemoteArchive | None:
         if self.refused_until > time.time():
             raise self._refused_error()
