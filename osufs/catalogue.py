@@ -29,6 +29,8 @@ CURSORS_FILE = "catalogue-cursors.json"
 RESYNC_AFTER = 3600.0
 # While the first mount waits for a catalogue file's names, a progress line this often.
 PROGRESS_EVERY = 5.0
+# Listed sets checked against the index this many to a read, a checkpoint between reads.
+UNKNOWN_CHUNK = 4096
 _SET_URL = re.compile(r"/(?:beatmapsets|s)/([0-9]+)")
 
 
@@ -269,11 +271,10 @@ class Catalogue:
         said = time.monotonic()
         try:
             unknown = []
-            for number, set_id in enumerate(list(self._listed or ())):
-                if number % 1024 == 1023:
-                    await trio.lowlevel.checkpoint()
-                if self.store.catalogue_get(set_id) is None:
-                    unknown.append(set_id)
+            listed = list(self._listed or ())
+            for start in range(0, len(listed), UNKNOWN_CHUNK):
+                unknown += self.store.catalogue_unknown(listed[start : start + UNKNOWN_CHUNK])
+                await trio.lowlevel.checkpoint()
             for set_id in unknown:
                 if progress and time.monotonic() - said >= PROGRESS_EVERY:
                     said = time.monotonic()

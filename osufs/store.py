@@ -483,6 +483,11 @@ class Store:
             data = txn.get(set_key(set_id), db=self._catalogue)
         return None if data is None else CatalogueRecord.unpack(data)
 
+    def catalogue_unknown(self, set_ids: Iterable[int]) -> list[int]:
+        """Which of these sets the catalogue does not hold, in one read."""
+        with self._read() as txn:
+            return [i for i in set_ids if txn.get(set_key(i), db=self._catalogue) is None]
+
     def catalogue_page(self, after: int, limit: int) -> list[tuple[int, CatalogueRecord]]:
         """Up to limit sets with ids above after, in id order."""
         page: list[tuple[int, CatalogueRecord]] = []

@@ -14,6 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from osufs.names import set_folder_name
 from osufs.osufile import OsuMetadata, difficulty_filename, parse_osu, write_osu
 from osufs.samples import build_sample_library
 
@@ -64,9 +65,10 @@ def write_online_db(path: Path, beatmaps: list[Beatmap], *, version: int | None 
     db.close()
 
 
-def write_tarball(path: Path, files: dict[str, bytes]) -> None:
-    """A `.tar.bz2` of `files` (name -> bytes), as data.ppy.sh publishes its dumps."""
-    with tarfile.open(path, "w:bz2") as tar:
+def write_tarball(path: Path, files: dict[str, bytes], compresslevel: int = 9) -> None:
+    """A `.tar.bz2` of `files` (name -> bytes), as data.ppy.sh publishes its dumps (level 1:
+    bzip2 blocks of 100 kB, so damage late in a small tarball spares its first files)."""
+    with tarfile.open(path, "w:bz2", compresslevel=compresslevel) as tar:
         for name, data in files.items():
             info = tarfile.TarInfo(f"{DUMP}/{name}")
             info.size = len(data)
@@ -153,3 +155,51 @@ def synthetic_osu(set_id: int, beatmap_id: int, level: int) -> bytes:
 def synthetic_filename(data: bytes) -> str:
     meta = parse_osu(data)
     return difficulty_filename(meta.artist, meta.title, meta.creator, meta.version)
+
+
+def set_tree(osz: Path) -> dict[str, bytes]:
+    """An archive's files by the paths a mount shows them at (osufs's own listing rules), as
+    osu! stable would have extracted them into its Songs folder."""
+    from osufs.archive import Limits, read_members
+    from osufs.listing import build_listing
+    from osufs.osufile import referenced_files
+
+    with open(osz, "rb") as file, zipfile.ZipFile(osz) as zf:
+        members = read_members(file, Limits())
+        infos = zf.infolist()
+        references = [
+            name
+            for info in infos
+            if info.filename.lower().endswith(".osu")
+            for name in referenced_files(parse_osu(zf.read(info)))
+        ]
+        listing = build_listing(members, references)
+        return {
+            listing.path(index): zf.read(infos[entry.member])
+            for index, entry in enumerate(listing.entries)
+            if not entry.is_dir
+        }
+
+
+@dataclass(frozen=True)
+class Songs:
+    folder: Path  # an osu! stable Songs folder: "<id> Artist - Title/" per set
+    trees: dict[int, dict[str, bytes]]  # each set's files as its archive has them
+    edited: tuple[int, str]  # the one .osu the player changed: set id, path
+
+
+def build_songs(folder: Path, bulk: Bulk) -> Songs:
+    """Every sample set extracted as osu! stable does, one .osu edited by the player."""
+    trees = {int(p.stem): set_tree(p) for p in bulk.archives.glob("*.osz")}
+    for set_id, tree in trees.items():
+        first = min((b for b in bulk.beatmaps if b.set_id == set_id), key=lambda b: b.beatmap_id)
+        meta = parse_osu(first.data)
+        root = folder / set_folder_name(set_id, meta.artist, meta.title)
+        for path, data in tree.items():
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_bytes(data)
+    set_id = min(trees)
+    name = min(p for p in trees[set_id] if p.endswith(".osu"))
+    path = next(folder.glob(f"{set_id} *")) / name
+    path.write_bytes(path.read_bytes().replace(b"[Metadata]", b"[Metadata]\r\nTags:my edit", 1))
+    return Songs(folder, trees, (set_id, name))
