@@ -50,7 +50,8 @@ def set_size(members: dict[str, bytes]) -> int:
     return sum(unique.values())
 
 
-def read_set(mountpoint: Path, set_id: int) -> dict[str, bytes]:
+def read_set(mountpoint: Path, set_id: int | Path) -> dict[str, bytes]:
+    """Every file of a set, by its bare id (the symlink) or its folder's name."""
     folder = mountpoint / str(set_id)
     found = {}
     for dirpath, _dirs, files in os.walk(folder, onerror=raise_it):
