@@ -28,8 +28,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def osufs_command(*args: str, module: str = "osufs") -> list[str]:
-    return [sys.executable, "-m", module, *args]
+def osufs_command(*args: str, module: str = "osufs", python: str = sys.executable) -> list[str]:
+    return [python, "-m", module, *args]
 
 
 def reads_reach_the_mount(folder: Path) -> None:
@@ -101,6 +101,7 @@ class Mount:
         *args: str,
         env: dict[str, str] | None = None,
         module: str = "osufs",
+        python: str = sys.executable,
     ) -> None:
         self.mountpoint = mountpoint
         self.log_path = log_path
@@ -115,6 +116,7 @@ class Mount:
                 str(cache_dir),
                 *args,
                 module=module,
+                python=python,
             ),
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -171,8 +173,9 @@ def mounted(
     *args: str,
     env: dict[str, str] | None = None,
     module: str = "osufs",
+    python: str = sys.executable,
 ) -> Iterator[Mount]:
-    mount = Mount(mountpoint, cache_dir, log_path, *args, env=env, module=module)
+    mount = Mount(mountpoint, cache_dir, log_path, *args, env=env, module=module, python=python)
     try:
         yield mount
     finally:

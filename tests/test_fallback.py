@@ -28,9 +28,10 @@ SAME_TESTS = [
 def stock_python() -> Path:
     python = STOCK / "bin" / "python"
     probe = "from importlib.metadata import version; print(version('pyfuse3'))"
-    found = subprocess.run([python, "-I", "-c", probe], capture_output=True, text=True)
-    if found.returncode == 0 and found.stdout.strip() == PYFUSE3:
-        return python
+    if python.exists():
+        found = subprocess.run([python, "-I", "-c", probe], capture_output=True, text=True)
+        if found.returncode == 0 and found.stdout.strip() == PYFUSE3:
+            return python
     subprocess.run([sys.executable, "-m", "venv", "--clear", STOCK], check=True)
     subprocess.run(
         [python, "-m", "pip", "install", "-q", "--no-deps", f"pyfuse3=={PYFUSE3}"], check=True
