@@ -3,6 +3,12 @@
 Inodes are derived from ids (see docs/design.md), so they are stable across mounts and need no
 table. Domain errors become their errno here, at one boundary; anything unexpected is logged and
 becomes EIO, because an exception escaping a handler would end pyfuse3.main and the mount.
+
+Two modes (docs/pyfuse3.md). With the patched pyfuse3 (patches/pyfuse3), open and opendir
+answer ENOSYS: the kernel stops sending OPEN, RELEASE, OPENDIR and RELEASEDIR for the mount,
+keeps pages and listings cached across opens, and sends READ and READDIR by inode; reads hold
+members open in fetch/inodefiles.py and listings that change are invalidated (kernelcache.py).
+With pyfuse3 as released, open and opendir are answered for every file and folder.
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
+import trio
 
 from osufs.errors import OsufsError
+from osufs.fetch.inodefiles import InodeFiles
+from osufs.kernelcache import KernelListings
 from osufs.library import Library
 from osufs.listing import SetListing
 from osufs.names import MAX_SET_ID
@@ -46,6 +55,14 @@ DOTS = 2
 XATTRS = (b"user.osufs.set_id", b"user.osufs.cached", b"user.osufs.source")
 _BARE_ID = re.compile(rb"[1-9][0-9]{0,9}")
 _LEADING_ID = re.compile(rb"([1-9][0-9]{0,9}) ")
+# The patched pyfuse3 hands read and readdir the inode (Operations.supports_no_open).
+NO_OPEN = hasattr(pyfuse3.Operations, "supports_no_open")
+
+
+def mode_line(no_open: bool = NO_OPEN) -> str:
+    if no_open:
+        return "FUSE mode: no-open (patched pyfuse3): the kernel caches pages and listings"
+    return "FUSE mode: open per file (pyfuse3 as released): every open and listing asks osufs"
 
 
 def set_inode(set_id: int, entry: int = 0) -> int:
@@ -79,6 +96,7 @@ class Operations(pyfuse3.Operations):
     """Read-only FUSE operations; every write answers EROFS."""
 
     supports_dot_lookup = False
+    supports_no_open = NO_OPEN
     enable_writeback_cache = False
 
     def __init__(self, library: Library, owner: tuple[int, int] | None = None) -> None:
@@ -86,6 +104,19 @@ class Operations(pyfuse3.Operations):
         self.library = library
         self._root = RootListing(library)
         self._uid, self._gid = owner or (os.getuid(), os.getgid())
+        self._files = InodeFiles(library.open_file, library.close_file, library.read)
+        self._kernel = KernelListings(library, set_inode)
+
+    async def housekeeping(self) -> None:
+        """Leases that end and listings that change (no-open mode only; runs until cancelled)."""
+        if not self.supports_no_open:
+            return
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._files.expire_forever)
+                nursery.start_soon(self._kernel.watch)
+        finally:
+            self._files.close_all()
 
     # attributes
 
@@ -151,12 +182,15 @@ class Operations(pyfuse3.Operations):
             return await self._lookup_set(name)
         set_id, index = split_inode(parent_inode)
         listing, child = await self.library.lookup(set_id, index, os.fsdecode(name))
+        if not listing.provisional and self._kernel.provisional(set_id):
+            await self._kernel.set_completed(set_id)  # the name came with the archive
         return self._entry_attributes(set_id, listing, child)
 
     async def _lookup_set(self, name: bytes) -> pyfuse3.EntryAttributes:
         if _BARE_ID.fullmatch(name) and int(name) <= MAX_SET_ID:
             set_id = int(name)
             record = await self.library.resolve(set_id)
+            await self._kernel.catalogue_changed()  # an unlisted set may have joined
             return self._alias_attributes(set_id, record)
         match = _LEADING_ID.match(name)
         if match:
@@ -180,17 +214,25 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if self.supports_no_open:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # READDIR then comes by inode, and is cached
         # Free: the kernel opens only what lookup called a directory, and tools that open
         # every set folder (fuse-overlayfs, file managers) must not fetch anything. readdir does.
         return inode
 
     @fuse_errors
-    async def readdir(self, inode: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+    async def readdir(
+        self, fh: int, start_id: int, token: pyfuse3.ReaddirToken, inode: int | None = None
+    ) -> None:
+        """By inode in the no-open mode; else by the handle opendir gave, which is the inode."""
+        inode = fh if inode is None else inode
         if inode == ROOT:
             await self._readdir_root(start_id, token)
             return
         set_id, index = split_inode(inode)
         listing = await self.library.read_dir(set_id)
+        if listing.provisional and self.supports_no_open:
+            self._kernel.served_provisional(set_id, index)
         itself = self._entry_attributes(set_id, listing, index)
         if index == 0:
             parent = self._root_attributes()
@@ -228,6 +270,7 @@ class Operations(pyfuse3.Operations):
         into the reply at once, so one object serves every entry (building a fresh one cost
         about 1 µs an entry)."""
         root = await self._root.entries()
+        self._kernel.served_root(self._root.stamp)
         itself = self._root_attributes(root.newest)
         if not self._reply_dots(token, start_id, itself, itself):
             return
@@ -250,14 +293,23 @@ class Operations(pyfuse3.Operations):
         set_id, index = split_inode(inode)
         if inode == ROOT or index in (0, ALIAS):
             raise OsufsError(errno.EISDIR, "not a file")
+        if self.supports_no_open:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # READ then comes by inode
         fd = await self.library.open_file(set_id, index)
         # Contents never change: the page cache may keep them across opens; not those of a
         # member still streaming in, which may yet fail its CRC.
         return pyfuse3.FileInfo(fh=fd, keep_cache=not self.library.streaming(fd))
 
     @fuse_errors
-    async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await self.library.read(fh, off, size)
+    async def read(self, fh: int, off: int, size: int, inode: int | None = None) -> bytes:
+        """By inode in the no-open mode (fh is 0); else by the descriptor open gave."""
+        if inode is None:
+            return await self.library.read(fh, off, size)
+        set_id, index = split_inode(inode)
+        data = await self._files.read(set_id, index, off, size)
+        if self._kernel.provisional(set_id):
+            await self._kernel.set_completed(set_id)  # opening it may have fetched the archive
+        return data
 
     @fuse_errors
     async def release(self, fh: int) -> None:

@@ -24,7 +24,7 @@ import trio
 from osufs import __version__, overlay
 from osufs.archive import Limits
 from osufs.errors import OsufsError
-from osufs.fs import Operations
+from osufs.fs import Operations, mode_line
 from osufs.library import READ_AHEAD_SETS, Library
 from osufs.overlay import LowerOperations, OverlayError, Writable
 from osufs.preflight import log_findings, preflight
@@ -167,9 +167,11 @@ async def run_mount(
             operations, target = Operations(library, owner), config.mountpoint
         else:
             operations, target = LowerOperations(library, owner), layer.layout.lower
+        log.info("%s", mode_line(operations.supports_no_open))
         pyfuse3.init(operations, str(target), fuse_options(config))
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(operations.housekeeping)
                 stop = pyfuse3.terminate if layer is None else layer.terminate
                 nursery.start_soon(_terminate_on_signals, stop)
                 nursery.start_soon(_refresh_catalogue_forever, library)

@@ -38,6 +38,11 @@ class RootListing:
         self._entries = RootEntries()
         self._lock = trio.Lock()
 
+    @property
+    def stamp(self) -> object:
+        """The catalogue's stamp the entries last returned were built from."""
+        return self._stamp
+
     async def entries(self) -> RootEntries:
         async with self._lock:
             stamp = self._library.catalogue_stamp()

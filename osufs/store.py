@@ -584,10 +584,19 @@ class Store:
             if current is not None and not SetListing.from_bytes(bytes(current)).provisional:
                 return bytes(current)
             txn.put(set_key(set_id), data, db=self._listings)
+            if current is not None:
+                completed = _unpack_int(txn.get(b"listings_completed", db=self._meta)) + 1
+                txn.put(b"listings_completed", _pack_int(completed), db=self._meta)
             return data
 
         stored = self._write(swap)
         return listing if stored == data else SetListing.from_bytes(stored)
+
+    def listings_completed(self) -> int:
+        """How many provisional listings any process has completed: a mount that let the
+        kernel cache one sees it grew when this moves (osufs/kernelcache.py)."""
+        with self._read() as txn:
+            return _unpack_int(txn.get(b"listings_completed", db=self._meta))
 
     # member contents
 

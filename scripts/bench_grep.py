@@ -60,44 +60,12 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.counting_mount import COUNTS, tallies  # noqa: E402
 from tests.helpers import Server, osufs_command  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "corpus" / "osu"
 STARTUP = 60.0
 MB = 1_000_000
-
-# Run in place of `python -m osufs` with --profile: counts FUSE operations and the time spent
-# in their handlers (pyfuse3 dispatches to the Operations class by attribute, so patching the
-# class before the mount starts sees every request); SIGUSR1 writes the tallies to a file.
-PROFILE_WRAPPER = r"""
-import functools, inspect, json, os, signal, sys, time
-import pyfuse3
-from osufs import fs
-from osufs.cli import main
-counts, seconds = {}, {}
-def wrap(name, handler):
-    @functools.wraps(handler)
-    async def counted(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return await handler(*args, **kwargs)
-        finally:
-            counts[name] = counts.get(name, 0) + 1
-            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
-    return counted
-for name in dir(pyfuse3.Operations):
-    handler = getattr(fs.Operations, name)
-    if not name.startswith("_") and inspect.iscoroutinefunction(handler):
-        setattr(fs.Operations, name, wrap(name, handler))
-def dump(*_):
-    target = os.environ["OSUFS_BENCH_OPS"]
-    with open(target + ".tmp", "w") as out:
-        json.dump({"counts": counts, "seconds": seconds}, out)
-    os.replace(target + ".tmp", target)
-signal.signal(signal.SIGUSR1, dump)
-sys.argv[0] = "osufs"
-main()
-"""
 
 
 def child_env() -> dict[str, str]:
@@ -149,13 +117,14 @@ class Mount:
         self.ops_file = ops_file
         mountpoint.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in unmount()
-        base = [sys.executable, "-c", PROFILE_WRAPPER] if ops_file else osufs_command()
+        # With ops_file, every FUSE request is counted (tests/counting_mount.py).
+        module = "tests.counting_mount" if ops_file else "osufs"
         self.process = subprocess.Popen(
-            [*base, "mount", str(mountpoint), "--foreground", "--cache-dir", str(cache_dir),
-             *args],
+            [*osufs_command(module=module), "mount", str(mountpoint), "--foreground",
+             "--cache-dir", str(cache_dir), *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**child_env(), "OSUFS_BENCH_OPS": str(ops_file or "")},
+            env={**child_env(), COUNTS: str(ops_file or "")},
         )  # fmt: skip
         deadline = time.monotonic() + STARTUP
         while not os.path.ismount(mountpoint):
@@ -166,16 +135,9 @@ class Mount:
             time.sleep(0.02)
 
     def op_counts(self) -> dict:
-        """The profiling wrapper's tallies so far (only with --profile)."""
+        """The counting mount's tallies so far (only with --profile)."""
         assert self.ops_file is not None
-        before = self.ops_file.stat().st_mtime_ns if self.ops_file.exists() else 0
-        self.process.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.ops_file.exists() and self.ops_file.stat().st_mtime_ns != before:
-                return json.loads(self.ops_file.read_text())
-            time.sleep(0.02)
-        raise RuntimeError("the profiling wrapper did not answer")
+        return tallies(self.process, self.ops_file)
 
     def unmount(self) -> None:
         if os.path.ismount(self.mountpoint):

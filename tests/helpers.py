@@ -13,6 +13,9 @@ from pathlib import Path
 
 import httpx
 
+from osufs.fetch.inodefiles import LEASE
+from osufs.fs import NO_OPEN
+
 SHARED = Path(os.environ.get("OSUFS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 CORPUS = SHARED / "corpus"
 REAL_ARCHIVES = sorted((CORPUS / "real").glob("*.osz"))
@@ -25,8 +28,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def osufs_command(*args: str, module: str = "osufs") -> list[str]:
-    return [sys.executable, "-m", module, *args]
+def osufs_command(*args: str, module: str = "osufs", python: str = sys.executable) -> list[str]:
+    return [python, "-m", module, *args]
+
+
+def reads_reach_the_mount(folder: Path) -> None:
+    """Make the next reads under folder reach the mount, as every open did before the no-open
+    mode (osufs/fs.py): drop their pages from the page cache, and let the mount's leases on
+    them end (osufs/fetch/inodefiles.py). A no-op with pyfuse3 as released."""
+    if not NO_OPEN:
+        return
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    time.sleep(LEASE * 1.25 + 0.25)
 
 
 class Server:
@@ -82,6 +101,7 @@ class Mount:
         *args: str,
         env: dict[str, str] | None = None,
         module: str = "osufs",
+        python: str = sys.executable,
     ) -> None:
         self.mountpoint = mountpoint
         self.log_path = log_path
@@ -96,6 +116,7 @@ class Mount:
                 str(cache_dir),
                 *args,
                 module=module,
+                python=python,
             ),
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -152,8 +173,9 @@ def mounted(
     *args: str,
     env: dict[str, str] | None = None,
     module: str = "osufs",
+    python: str = sys.executable,
 ) -> Iterator[Mount]:
-    mount = Mount(mountpoint, cache_dir, log_path, *args, env=env, module=module)
+    mount = Mount(mountpoint, cache_dir, log_path, *args, env=env, module=module, python=python)
     try:
         yield mount
     finally:

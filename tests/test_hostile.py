@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from osufs import cli
 from osufs.archive import Limits
+from osufs.fs import NO_OPEN
 from osufs.mount import MountConfig
 from tests.helpers import REAL_ARCHIVES, Mount, Server, mounted, mounted_from
 from tests.hostile import MANY, HostileSet, corpus, open_files_set
@@ -139,6 +140,10 @@ def check_readable(mount: Mount, case: HostileSet, *, sample: int = 1) -> dict[s
     good = {}
     for name, result, size in zip(chosen, results, sizes, strict=True):
         expected = case.files[name]
+        if NO_OPEN and isinstance(expected, int) and size == 0:
+            # A refused member listed empty (its sizes unknown): with no OPEN, the kernel
+            # reads an empty file without asking, so there is nowhere to answer EIO.
+            expected = b""
         assert result == expected, f"{case.label}: {name}: {result!r:.80} != {expected!r:.80}"
         if isinstance(expected, bytes):
             assert size == len(expected), name

@@ -255,3 +255,33 @@ def test_a_difficulty_without_its_checked_bytes_waits_for_the_archive(
         assert os.path.ismount(mount.mountpoint)
     assert "is not listed until the archive comes" in mount.log()
     assert dict(state.downloads) == {100002: 1}
+
+
+def test_a_listing_completed_by_another_mount_shows_at_its_next_readdir(
+    api: tuple[ApiState, str],
+    archives: Path,
+    client_file: Path,
+    cookie_file: Path,
+    tmp_path: Path,
+):
+    """Two mounts on one cache: the second fetches the archive, and the first, whose kernel
+    holds the provisional listing (no-open mode), lists the whole set soon after."""
+    state, url = api
+    set_id = 100001
+    options = with_the_site(url, client_file, cookie_file)
+    listed = osu_files(archives / f"{set_id}.osz")
+    whole = {name.split("/")[0] for name in archive_members(archives / f"{set_id}.osz")}
+    cache = tmp_path / "cache"
+    with (
+        mounted(tmp_path / "m1", cache, tmp_path / "1.log", *options) as one,
+        mounted(tmp_path / "m2", cache, tmp_path / "2.log", *options) as two,
+    ):
+        first = one.mountpoint / os.readlink(one.mountpoint / str(set_id))
+        assert sorted(os.listdir(first)) == sorted(listed)
+        assert sorted(os.listdir(first)) == sorted(listed)  # cached by the kernel, or asked
+        second = two.mountpoint / os.readlink(two.mountpoint / str(set_id))
+        audio = parse_osu(next(iter(listed.values()))).audio_filename
+        assert (second / audio).read_bytes() == archive_members(archives / f"{set_id}.osz")[audio]
+        wait_for(lambda: set(os.listdir(first)) == whole, "the first mount lists the archive's")
+        assert (first / audio).read_bytes() == (second / audio).read_bytes()
+    assert dict(state.downloads) == {set_id: 1}

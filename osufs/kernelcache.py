@@ -1,0 +1,87 @@
+"""What the kernel keeps of the tree in the no-open mode, and telling it when that changes.
+
+In the kernel's no-open mode (docs/pyfuse3.md) every directory's listing stays cached in the
+kernel until it is invalidated, and READDIR never reaches osufs again. Member bytes never
+change under an inode, so only listings need telling: the root when the catalogue changes, and
+a set folder listed while provisional once its archive completes it. Listings served are noted
+here; a change this process makes is pushed before the request that made it is answered, and
+a change another process makes (two mounts sharing one cache) within WATCH_INTERVAL.
+
+Trio thread only; pyfuse3.invalidate_inode blocks, so it runs in a worker thread. It is never
+called for a file: invalidating a file's pages from inside its own READ would deadlock.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from osufs.library import Library
+
+log = logging.getLogger(__name__)
+
+WATCH_INTERVAL = 1.0
+
+
+class KernelListings:
+    """The listings the kernel holds: the root's catalogue stamp, and provisional set folders
+    (set id -> the folder inodes listed)."""
+
+    def __init__(self, library: Library, set_inode: Callable[[int, int], int]) -> None:
+        self._library = library
+        self._set_inode = set_inode
+        self._root_stamp: object = None
+        self._provisional: dict[int, set[int]] = {}
+        self._completed = library.store.listings_completed()
+
+    def served_root(self, stamp: object) -> None:
+        self._root_stamp = stamp
+
+    def served_provisional(self, set_id: int, directory: int) -> None:
+        self._provisional.setdefault(set_id, set()).add(directory)
+
+    def provisional(self, set_id: int) -> bool:
+        return set_id in self._provisional
+
+    async def set_completed(self, set_id: int) -> None:
+        """Drop a provisional set's cached folders once its stored listing is complete."""
+        directories = self._provisional.get(set_id)
+        if directories is None:
+            return
+        listing = self._library.store.listing_get(set_id)
+        if listing is None or listing.provisional:
+            return
+        del self._provisional[set_id]
+        log.debug("set %d: listing completed; the kernel's copy dropped", set_id)
+        for index in sorted(directories):
+            await _invalidate(self._set_inode(set_id, index))
+
+    async def catalogue_changed(self) -> None:
+        """Drop the root's cached listing if the catalogue moved since it was served."""
+        if self._root_stamp is None or self._root_stamp == self._library.catalogue_stamp():
+            return
+        self._root_stamp = None  # the next readdir notes the new one
+        await _invalidate(pyfuse3.ROOT_INODE)
+
+    async def watch(self) -> None:
+        """Push changes made without a request to this mount: background work, other mounts."""
+        while True:
+            await trio.sleep(WATCH_INTERVAL)
+            await self.catalogue_changed()
+            completed = self._library.store.listings_completed()
+            if completed != self._completed:
+                self._completed = completed
+                for set_id in list(self._provisional):
+                    await self.set_completed(set_id)
+
+
+async def _invalidate(inode: int) -> None:
+    try:
+        await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, False)
+    except OSError as error:
+        if error.errno != errno.ENOENT:  # ENOENT: the kernel has forgotten the inode already
+            log.warning("could not invalidate inode %d: %s", inode, error)
