@@ -209,6 +209,8 @@ def main() -> int:
     print(f"root listed: {listed:.1f} s")
     ratio = wall / floor
     print(f"wall: {wall:.1f} s   floor: {floor:.1f} s   ratio: {ratio:.2f}x (target <= {TARGET})")
+    alone = 2 * floor
+    print(f"  (one allowance alone would take {alone:.1f} s: {wall / alone:.2f}x of that)")
     print(f"grep read {files} of {difficulties} .osu files")
     print(f"API requests: {dict(api_kinds)} = {sum(api_kinds.values())}")
     print(f"mirror requests: {dict(mino.requests)} = {sum(mino.requests.values())}")
