@@ -36,7 +36,7 @@ class KernelListings:
         self._set_inode = set_inode
         self._root_stamp: object = None
         self._provisional: dict[int, set[int]] = {}
-        self._completed = library.store.listings_completed()
+        self._completed = library.listings_completed()
 
     def served_root(self, stamp: object) -> None:
         self._root_stamp = stamp
@@ -52,7 +52,7 @@ class KernelListings:
         directories = self._provisional.get(set_id)
         if directories is None:
             return
-        listing = self._library.store.listing_get(set_id)
+        listing = self._library.stored_listing(set_id)
         if listing is None or listing.provisional:
             return
         del self._provisional[set_id]
@@ -72,7 +72,7 @@ class KernelListings:
         while True:
             await trio.sleep(WATCH_INTERVAL)
             await self.catalogue_changed()
-            completed = self._library.store.listings_completed()
+            completed = self._library.listings_completed()
             if completed != self._completed:
                 self._completed = completed
                 for set_id in list(self._provisional):
