@@ -105,6 +105,8 @@ class Operations(pyfuse3.Operations):
         self._root = RootListing(library)
         self._uid, self._gid = owner or (os.getuid(), os.getgid())
         self._kernel = KernelListings(library, set_inode)
+        if self.supports_no_open:
+            library.on_stream_refused(self._kernel.refused)
 
     async def housekeeping(self) -> None:
         """Leases that end and listings that change (no-open mode only; runs until cancelled)."""

@@ -10,6 +10,7 @@ files (`/osu/<id>`), and its archive is fetched only for a name that listing lac
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +153,11 @@ class Library:
     async def keep_leases(self) -> None:
         """End read_entry's leases as they lapse, until cancelled."""
         await self._entries.keep_leases()
+
+    def on_stream_refused(self, callback: Callable[[int, int], None]) -> None:
+        """Call back (set id, entry) when a streamed member fails its check after some of its
+        bytes were served; in the trio thread."""
+        self._members.on_stream_refused = callback
 
     def stored_listing(self, set_id: int) -> SetListing | None:
         """The set's listing if one is stored; never asks a source."""
