@@ -7,7 +7,8 @@ becomes EIO, because an exception escaping a handler would end pyfuse3.main and 
 Two modes (docs/pyfuse3.md). With the patched pyfuse3 (patches/pyfuse3), open and opendir
 answer ENOSYS: the kernel stops sending OPEN, RELEASE, OPENDIR and RELEASEDIR for the mount,
 keeps pages and listings cached across opens, and sends READ and READDIR by inode; reads hold
-members open in fetch/inodefiles.py and listings that change are invalidated (kernelcache.py).
+members open under a lease (fetch/handles.py), and listings that change are invalidated
+(kernelcache.py).
 With pyfuse3 as released, open and opendir are answered for every file and folder.
 """
 
@@ -27,7 +28,6 @@ import pyfuse3
 import trio
 
 from osufs.errors import OsufsError
-from osufs.fetch.inodefiles import InodeFiles
 from osufs.kernelcache import KernelListings
 from osufs.library import Library
 from osufs.listing import SetListing
@@ -104,19 +104,17 @@ class Operations(pyfuse3.Operations):
         self.library = library
         self._root = RootListing(library)
         self._uid, self._gid = owner or (os.getuid(), os.getgid())
-        self._files = InodeFiles(library.open_file, library.close_file, library.read)
         self._kernel = KernelListings(library, set_inode)
+        if self.supports_no_open:
+            library.on_stream_refused(self._kernel.refused)
 
     async def housekeeping(self) -> None:
         """Leases that end and listings that change (no-open mode only; runs until cancelled)."""
         if not self.supports_no_open:
             return
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._files.expire_forever)
-                nursery.start_soon(self._kernel.watch)
-        finally:
-            self._files.close_all()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.library.keep_leases)
+            nursery.start_soon(self._kernel.watch)
 
     # attributes
 
@@ -306,7 +304,7 @@ class Operations(pyfuse3.Operations):
         if inode is None:
             return await self.library.read(fh, off, size)
         set_id, index = split_inode(inode)
-        data = await self._files.read(set_id, index, off, size)
+        data = await self.library.read_entry(set_id, index, off, size)
         if self._kernel.provisional(set_id):
             await self._kernel.set_completed(set_id)  # opening it may have fetched the archive
         return data

@@ -3,18 +3,21 @@
 In the kernel's no-open mode (docs/pyfuse3.md) every directory's listing stays cached in the
 kernel until it is invalidated, and READDIR never reaches osufs again. Member bytes never
 change under an inode, so only listings need telling: the root when the catalogue changes, and
-a set folder listed while provisional once its archive completes it. Listings served are noted
+a set folder listed while provisional once its archive completes it; and a streamed member's
+pages, served before its check, when it fails it. Listings served are noted
 here; a change this process makes is pushed before the request that made it is answered, and
 a change another process makes (two mounts sharing one cache) within WATCH_INTERVAL.
 
-Trio thread only; pyfuse3.invalidate_inode blocks, so it runs in a worker thread. It is never
-called for a file: invalidating a file's pages from inside its own READ would deadlock.
+Trio thread only; pyfuse3.invalidate_inode blocks, so it runs in a worker thread. A file's
+pages are dropped by a task of their own, never awaited by a request: invalidating them from
+inside a READ of that file would deadlock (the kernel holds its pages locked meanwhile).
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
 from collections.abc import Callable
 
 import pyfuse3
@@ -36,7 +39,12 @@ class KernelListings:
         self._set_inode = set_inode
         self._root_stamp: object = None
         self._provisional: dict[int, set[int]] = {}
-        self._completed = library.store.listings_completed()
+        self._completed = library.listings_completed()
+        self._refused, self._refused_inodes = trio.open_memory_channel[int](math.inf)
+
+    def refused(self, set_id: int, index: int) -> None:
+        """A streamed member failed its check: drop its pages, in the background."""
+        self._refused.send_nowait(self._set_inode(set_id, index))
 
     def served_root(self, stamp: object) -> None:
         self._root_stamp = stamp
@@ -52,7 +60,7 @@ class KernelListings:
         directories = self._provisional.get(set_id)
         if directories is None:
             return
-        listing = self._library.store.listing_get(set_id)
+        listing = self._library.stored_listing(set_id)
         if listing is None or listing.provisional:
             return
         del self._provisional[set_id]
@@ -68,11 +76,21 @@ class KernelListings:
         await _invalidate(pyfuse3.ROOT_INODE)
 
     async def watch(self) -> None:
-        """Push changes made without a request to this mount: background work, other mounts."""
+        """Push changes made without a request to this mount: background work, other mounts;
+        and drop refused members' pages."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._drop_refused)
+            await self._watch_listings()
+
+    async def _drop_refused(self) -> None:
+        async for inode in self._refused_inodes:
+            await _invalidate(inode)
+
+    async def _watch_listings(self) -> None:
         while True:
             await trio.sleep(WATCH_INTERVAL)
             await self.catalogue_changed()
-            completed = self._library.store.listings_completed()
+            completed = self._library.listings_completed()
             if completed != self._completed:
                 self._completed = completed
                 for set_id in list(self._provisional):

@@ -10,6 +10,7 @@ files (`/osu/<id>`), and its archive is fetched only for a name that listing lac
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import trio
 from osufs.archive import Limits
 from osufs.catalogue import Catalogue
 from osufs.fetch.context import Context
-from osufs.fetch.handles import Handles
+from osufs.fetch.handles import EntryHandles, Handles
 from osufs.fetch.listings import Listings
 from osufs.fetch.members import Members
 from osufs.fetch.names import Names
@@ -81,6 +82,7 @@ class Library:
             context, self._listings, self._members, self._remotes, self.catalogue_page, read_ahead
         )
         self._handles = Handles(store, self._members, self._read_ahead.note_open)
+        self._entries = EntryHandles(self._handles)
 
     # the root
 
@@ -142,6 +144,28 @@ class Library:
     def streaming(self, fd: int) -> bool:
         """Whether the descriptor reads a member still arriving (and so not yet checked)."""
         return self._handles.streaming(fd)
+
+    async def read_entry(self, set_id: int, index: int, offset: int, size: int) -> bytes:
+        """Bytes of a member by its entry, with no open (the kernel's no-open mode): held open
+        under a lease that each read renews (see EntryHandles)."""
+        return await self._entries.read(set_id, index, offset, size)
+
+    async def keep_leases(self) -> None:
+        """End read_entry's leases as they lapse, until cancelled."""
+        await self._entries.keep_leases()
+
+    def on_stream_refused(self, callback: Callable[[int, int], None]) -> None:
+        """Call back (set id, entry) when a streamed member fails its check after some of its
+        bytes were served; in the trio thread."""
+        self._members.on_stream_refused = callback
+
+    def stored_listing(self, set_id: int) -> SetListing | None:
+        """The set's listing if one is stored; never asks a source."""
+        return self._store.listing_get(set_id)
+
+    def listings_completed(self) -> int:
+        """Provisional listings completed so far by any process (see Store)."""
+        return self._store.listings_completed()
 
     def cached_state(self, set_id: int, index: int) -> str:
         """`yes`, `no`, `partly` or `provisional`: whether reading it needs the network."""

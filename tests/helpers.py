@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from osufs.fetch.inodefiles import LEASE
+from osufs.fetch.handles import LEASE
 from osufs.fs import NO_OPEN
 
 SHARED = Path(os.environ.get("OSUFS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -35,7 +35,7 @@ def osufs_command(*args: str, module: str = "osufs", python: str = sys.executabl
 def reads_reach_the_mount(folder: Path) -> None:
     """Make the next reads under folder reach the mount, as every open did before the no-open
     mode (osufs/fs.py): drop their pages from the page cache, and let the mount's leases on
-    them end (osufs/fetch/inodefiles.py). A no-op with pyfuse3 as released."""
+    them end (osufs/fetch/handles.py). A no-op with pyfuse3 as released."""
     if not NO_OPEN:
         return
     for dirpath, _dirs, files in os.walk(folder):

@@ -158,6 +158,9 @@ def test_a_member_failing_its_crc_is_dropped(
         with pytest.raises(OSError) as refused:
             path.read_bytes()
         assert refused.value.errno == errno.EIO
+        with pytest.raises(OSError) as refused, open(path, "rb") as file:
+            file.read(4096)  # its first pages too, read before the check: never served again
+        assert refused.value.errno == errno.EIO
         assert os.getxattr(path, "user.osufs.cached") == b"no"
         assert "CRC32 mismatch" in mount.log()
     content = tmp_path / "cache" / "content"

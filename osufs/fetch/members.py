@@ -7,6 +7,7 @@ import errno
 import functools
 import logging
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -40,14 +41,21 @@ class Members:
         self._context = context
         self._listings = listings
         self._remotes = remotes
+        # Told of a streamed member refused after some of its bytes were served (fs.py drops
+        # them from the kernel's page cache, which keeps them in the no-open mode).
+        self.on_stream_refused: Callable[[int, int], None] = lambda set_id, index: None
         self.streams = Streams(
             context.store,
             context.nursery,
             commit=self._commit_streamed,
-            refuse=context.refused.note,
+            refuse=self._refuse_streamed,
             timeout=context.fetch_timeout,
             limits=context.limits,
         )
+
+    def _refuse_streamed(self, set_id: int, index: int, error: MemberError) -> None:
+        self._context.refused.note(set_id, index, error)
+        self.on_stream_refused(set_id, index)
 
     async def member_file(self, set_id: int, index: int) -> Path:
         """The local file holding one member's bytes, fetched if need be."""
