@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
-"""Benchmark (issue 9): osu!'s Songs scan through osufs, cold and warm, read-only and writable.
+"""Benchmark (issues 9, 16): osu!'s Songs scan through osufs, cold and warm, read-only and
+writable, with and without opening the audio and backgrounds.
 
 Builds (or reuses) a library of --sets sample sets, serves it with `osufs serve` behind a
-per-request latency, a per-response bandwidth and a link all answers share, and for each mode
-(the read-only mount, then `--writable` with each --engines overlay) mounts over an empty cache
-and runs `scripts/songs_scan.py`'s scan: once cold, then --runs times warm. Prints, side by side,
-sets, files, bytes read, bytes the server sent and seconds, and each mode's warm scan against the
-read-only mount's.
+per-request latency, a per-response bandwidth and a link all answers share, and for each scan
+shape (`osu`: stat every file and read every .osu; `media`: also 64 KiB at each audio's
+PreviewTime and every background whole) and each mode (the read-only mount, then `--writable`
+with each --engines overlay) runs `scripts/songs_scan.py`'s scan --cold-runs times, each over a
+fresh mount and empty cache, then --runs times warm on the last mount. Prints medians: seconds
+with their split between listing (readdir, stat), .osu reads and the rest (audio, images),
+files, bytes read and bytes the server sent; and each mode's warm scan against the read-only
+mount's.
 
     .venv/bin/python scripts/bench_songs.py [--sets 300] [--engines kernel,fuse-overlayfs]
-        [--latency 0.02] [--bandwidth 5000000] [--link 12500000] [--runs 3] [--workdir DIR]
+        [--shapes osu,media] [--cold-runs 1] [--latency 0.02] [--bandwidth 5000000]
+        [--link 12500000] [--runs 3] [--workdir DIR]
 
 Every mount is taken down with `osufs umount` (the overlay, then the library) in `finally`.
 """
@@ -80,12 +85,18 @@ def songs_mount(work: Path, server: Server, mode: str) -> Iterator[Mount]:
         mount.unmount()
 
 
-def line(mode: str, what: str, report: ScanReport) -> str:
+def line(mode: str, what: str, reports: list[ScanReport]) -> str:
+    """The median scan of `reports` (by time), its split, and every run's time."""
+    report = sorted(reports, key=lambda r: r.seconds)[len(reports) // 2]
     sent = "-" if report.bytes_sent is None else f"{report.bytes_sent / 1e6:,.1f} MB"
-    errors = f", {len(report.errors)} errors" if report.errors else ""
+    errors = sum(len(r.errors) for r in reports)
+    rest = report.seconds - report.listing_seconds - report.osu_seconds
+    runs = f" (runs {', '.join(f'{r.seconds:.2f}' for r in reports)})" if len(reports) > 1 else ""
     return (
-        f"{mode:<15} {what:<5} {report.seconds:>8.2f} s {report.sets:>6} sets "
-        f"{report.files:>7} files {report.bytes_read / 1e6:>9,.1f} MB read {sent:>11} sent{errors}"
+        f"{mode:<15} {what:<11} {report.seconds:>7.2f} s = listing {report.listing_seconds:5.2f}"
+        f" + .osu {report.osu_seconds:5.2f} + rest {rest:5.2f}; {report.sets} sets "
+        f"{report.files} files {report.bytes_read / 1e6:,.1f} MB read {sent} sent"
+        f"{f', {errors} errors' if errors else ''}{runs}"
     )
 
 
@@ -97,6 +108,8 @@ def main() -> int:
     parser.add_argument("--bandwidth", type=int, default=5_000_000, help="bytes/s an answer")
     parser.add_argument("--link", type=int, default=12_500_000, help="bytes/s all answers share")
     parser.add_argument("--runs", type=int, default=3, help="warm scans (median reported)")
+    parser.add_argument("--cold-runs", type=int, default=1, help="cold scans, each a fresh mount")
+    parser.add_argument("--shapes", default="osu,media", help="scan shapes: osu, media")
     parser.add_argument("--workdir", type=Path, help="where to work [a new temp directory]")
     args = parser.parse_args()
 
@@ -107,16 +120,28 @@ def main() -> int:
     server = Server(work / "archives", work / "server.log", *shaping, "--link", str(args.link))
     rows: list[str] = []
     warm: dict[str, float] = {}
+    modes = ["read-only", *filter(None, args.engines.split(","))]
     try:
-        for mode in ["read-only", *args.engines.split(",")]:
-            with songs_mount(work, server, mode) as mount:
-                cold = scan(mount.mountpoint, server.url)
-                rows.append(line(mode, "cold", cold))
-                runs = [scan(mount.mountpoint, server.url) for _ in range(args.runs)]
-                median = sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
-                rows.append(line(mode, "warm", median))
-                warm[mode] = statistics.median(r.seconds for r in runs)
-            print(rows[-2], rows[-1], sep="\n", flush=True)
+        for shape in args.shapes.split(","):
+            media = {"osu": False, "media": True}[shape]
+            for mode in modes:
+                colds: list[ScanReport] = []
+                warms: list[ScanReport] = []
+                for run in range(args.cold_runs):
+                    with songs_mount(work, server, mode) as mount:
+                        colds.append(scan(mount.mountpoint, server.url, media=media))
+                        if run < args.cold_runs - 1:
+                            continue
+                        warms = [
+                            scan(mount.mountpoint, server.url, media=media)
+                            for _ in range(args.runs)
+                        ]
+                rows.append(line(mode, f"{shape} cold", colds))
+                print(rows[-1], flush=True)
+                if warms:
+                    rows.append(line(mode, f"{shape} warm", warms))
+                    print(rows[-1], flush=True)
+                    warm[f"{shape} {mode}"] = statistics.median(r.seconds for r in warms)
     finally:
         server.stop()
     load = "/".join(f"{x:.1f}" for x in os.getloadavg())
@@ -130,9 +155,11 @@ def main() -> int:
         f"{args.bandwidth / 1e6:g} MB/s an answer, {args.link / 1e6:g} MB/s shared"
     )
     print(*rows, sep="\n")
-    for mode, seconds in warm.items():
+    for key, seconds in warm.items():
+        shape, mode = key.split(" ", 1)
         if mode != "read-only":
-            print(f"warm scan {mode} / read-only: {seconds / warm['read-only']:.3f}")
+            ratio = seconds / warm[f"{shape} read-only"]
+            print(f"warm {shape} scan {mode} / read-only: {ratio:.3f}")
     return 0
 
 

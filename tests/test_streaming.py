@@ -167,6 +167,49 @@ def test_a_read_far_ahead_in_a_stored_member_starts_a_range_there(tmp_path: Path
     run_with(tmp_path, data, body)
 
 
+def test_a_first_read_near_the_start_of_a_stored_member_starts_there(tmp_path: Path) -> None:
+    content = payload(SIZE)
+    data, member = built(Raw(b"audio.mp3", content, method=0))
+
+    async def body(h: Harness) -> None:
+        h.source.hold_at = member.header_offset + (2 << 20)  # the link is slow past 2 MiB
+        stream = h.stream(member)
+        at = 1 << 20  # well inside SEEK_GAP, but nothing is running there yet
+        assert await stream.read(at, 4096) == content[at : at + 4096]
+        ranged = max(start for start, _ in h.source.requests) - member.header_offset
+        assert at - (64 << 10) <= ranged <= at + 100  # the local header's length past it
+        assert h.source.sent <= (2 << 20) - at + (64 << 10) + 4096  # not the first MiB
+        h.source.release.set()
+
+    run_with(tmp_path, data, body)
+
+
+def test_a_stored_member_stops_streaming_when_its_last_reader_closes(tmp_path: Path) -> None:
+    content = payload(8 << 20)
+    data, member = built(Raw(b"audio.mp3", content, method=0))
+
+    async def body(h: Harness) -> None:
+        stream = h.stream(member)
+        at = int(len(content) * 0.6)
+        assert await stream.read(at, 64 << 10) == content[at : at + (64 << 10)]
+        stream.release()  # a preview read, then the player closes the file
+        await trio.sleep(0.05)
+        stopped = h.source.sent
+        await trio.sleep(0.05)
+        assert h.source.sent == stopped
+        assert stopped < (len(content) - at) // 2  # not the rest of the audio
+        # Opened again within the linger: the bytes in are served, the run goes on from there.
+        stream.acquire()
+        more = at + (128 << 10)
+        assert await stream.read(more, 64 << 10) == content[more : more + (64 << 10)]
+        await stream.wait_complete()
+        path = h.store.blob_path(7, 2)
+        assert path is not None and path.read_bytes() == content
+        assert h.source.sent < len(content) + 3 * CHUNK + 4096  # nothing fetched twice
+
+    run_with(tmp_path, data, body)
+
+
 def test_a_deflated_member_only_streams_from_its_start(tmp_path: Path) -> None:
     content = payload(SIZE)
     data, member = built(Raw(b"video.avi", content, method=8))

@@ -87,11 +87,13 @@ class Runs:
             stop = run.stop
             self._cut(run, start)
             return self.start(start, stop)
-        # In a gap no run will fill: from its start if that is near, else from the read's place.
+        # In a gap no run will fill: from the read's place (aligned), never from the gap's start:
+        # a preview read 1 MB into the audio must not wait for the first MB (the bytes before
+        # it come when a read or wait_complete asks for them).
         gap_start = self._runs[i].stop if i >= 0 else 0
         gap_end = self._starts[i + 1] if i + 1 < len(self._starts) else self.size
         start = gap_start
-        if missing - gap_start > SEEK_GAP:
+        if self._seekable:
             start = max(gap_start, missing - missing % SEEK_ALIGN)
         return self.start(start, gap_end)
 
@@ -104,6 +106,17 @@ class Runs:
             position = max(position, run.stop)
         if position < self.size:
             self.start(position, self.size)
+
+    def pause(self) -> None:
+        """Stop every run where it has filled (nobody reads on): the bytes in stay, and a later
+        read starts a run from there. A run that brought nothing is forgotten."""
+        for i in reversed(range(len(self._runs))):
+            run = self._runs[i]
+            if run.done:
+                continue
+            self._cut(run, run.filled)
+            if run.filled == run.start:
+                del self._runs[i], self._starts[i]
 
     def cancel(self) -> None:
         for run in self._runs:

@@ -39,8 +39,11 @@ from osufs.store import PendingBlob, Store
 
 log = logging.getLogger(__name__)
 
-# A stream nobody has open is kept going this long (a player that probes a file, closes it
-# and opens it again), then abandoned, its partial file deleted.
+# A stream nobody has open keeps its partial file this long (a player that probes a file,
+# closes it and opens it again), then is abandoned, the file deleted. A stored member's runs
+# stop when the last reader closes (a preview read must not pull in the rest of the audio,
+# taking the link from the next reads); a deflated member's one run goes on, since inflating
+# cannot resume mid-way.
 LINGER = 10.0
 # Ranges in flight at once across every stream: each holds about one chunk, so this bounds
 # the memory many readers of many members can take.
@@ -86,8 +89,8 @@ class MemberStream:
             progress=self._notify,
             label=repr(self),
         )
-        seekable = member.method != 8
-        self._runs = Runs(self.size, seekable=seekable, launch=self._launch)
+        self._seekable = member.method != 8
+        self._runs = Runs(self.size, seekable=self._seekable, launch=self._launch)
         self._progress = trio.Event()
         self.error: OsufsError | None = None  # the stream failed: every read raises it
         self.complete = False  # checked and committed
@@ -95,7 +98,7 @@ class MemberStream:
         self._verifying = False
         # Told once when the stream is over (complete or failed), so its owner forgets it.
         self.on_finish: Callable[[MemberStream], None] = lambda stream: None
-        if not seekable or self.size == 0:
+        if not self._seekable or self.size == 0:
             self._runs.start(0, self.size)  # inflating starts only at the start
 
     def __repr__(self) -> str:
@@ -116,8 +119,10 @@ class MemberStream:
             return
         if self.over:
             self._file.close()
-        else:
-            self._nursery.start_soon(self._linger)
+            return
+        if self._seekable:
+            self._runs.pause()
+        self._nursery.start_soon(self._linger)
 
     async def read(self, offset: int, size: int) -> bytes:
         """Up to `size` bytes at `offset`, as soon as they are in the file."""
