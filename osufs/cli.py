@@ -12,7 +12,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ from osufs.mount import MountConfig, run_mount
 from osufs.sources import SourceSpec
 from osufs.sources.onlinedb import OnlineDbError
 from osufs.store import StoreError
+from osufs.tier.s3 import CredentialsError
+from osufs.tier.shared import SharedRefused, TierSettings
 
 log = logging.getLogger("osufs")
 
@@ -57,13 +59,20 @@ class _Redact(logging.Filter):
         return True
 
 
-def setup_logging(debug: bool, secret: str | None = None, client_secret: str | None = None) -> None:
+def setup_logging(
+    debug: bool,
+    secret: str | None = None,
+    client_secret: str | None = None,
+    s3_secrets: Sequence[str] = (),
+) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     if secret:
         handler.addFilter(_Redact(secret))
     if client_secret:
         handler.addFilter(_Redact(client_secret, "<client secret>"))
+    for s3_secret in s3_secrets:
+        handler.addFilter(_Redact(s3_secret, "<s3 credential>"))
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler])
     for noisy in ("httpx", "httpcore", "hpack", "hypercorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -302,6 +311,26 @@ LIBRARY_OPTIONS = [
         help="Highest compression ratio of a file over 4 MiB; a higher one is taken for a "
         "zip bomb and fails with EFBIG, unread. [default: 200]",
     ),
+    click.option(
+        "--shared",
+        metavar="s3://BUCKET[/PREFIX]",
+        help="A bucket shared by a group's mounts: looked in (ranged GETs, every object "
+        "checked against its hash) before any source is asked, and given what this mount "
+        "fetched. Credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE in "
+        "~/.aws/credentials, or --s3-credentials-file; the region: AWS_REGION.",
+    ),
+    click.option(
+        "--s3-endpoint",
+        metavar="URL",
+        help="The S3 service of --shared when it is not AWS (Ceph RGW, MinIO, R2, B2), "
+        "addressed path-style: like http://127.0.0.1:7480.",
+    ),
+    click.option(
+        "--s3-credentials-file",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        help="File (mode 600, the AWS credentials format; profile AWS_PROFILE or default) with "
+        "the keys of --shared.",
+    ),
     click.option("--debug", is_flag=True, help="Log every step, not only what matters."),
 ]
 
@@ -323,12 +352,16 @@ def library_config(
     max_member_size: int | None = None,
     max_ratio: int | None = None,
     client_file: Path | None = None,
+    shared: str | None = None,
+    s3_endpoint: str | None = None,
+    s3_credentials_file: Path | None = None,
     **settings: Any,
 ) -> MountConfig:
     """A MountConfig from the shared options, with logging set up (the secrets redacted)."""
     cookie = read_cookie(cookie_file)
     client = read_client(client_file)
-    setup_logging(debug, cookie, client[1] if client else None)
+    tier = shared_settings(shared, s3_endpoint, s3_credentials_file)
+    setup_logging(debug, cookie, client[1] if client else None, tier.secrets() if tier else ())
     if settings.get("catalogue_query") is None:
         settings["catalogue_query"] = ""
     cache_dir = usable_cache_dir(cache_dir)
@@ -341,8 +374,27 @@ def library_config(
         no_video=no_video,
         fetch_timeout=fetch_timeout,
         limits=Limits().overridden(max_member_size, max_ratio),
+        shared=tier,
         **settings,
     )
+
+
+def shared_settings(
+    shared: str | None, endpoint: str | None, credentials_file: Path | None
+) -> TierSettings | None:
+    """The shared tier's settings; a usage error for a bad location, endpoint or keys."""
+    if shared is None:
+        if endpoint or credentials_file:
+            raise click.UsageError("--s3-endpoint and --s3-credentials-file need --shared")
+        return None
+    if endpoint is not None:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise click.UsageError(f"--s3-endpoint {endpoint!r} is not an http(s):// URL")
+    try:
+        return TierSettings.load(shared, endpoint, credentials_file)
+    except (ValueError, CredentialsError) as error:
+        raise click.UsageError(f"--shared: {error}") from None
 
 
 @main.command()
@@ -406,6 +458,7 @@ def mount(
     if not options["sources"] and not offline:
         raise click.UsageError("give at least one --source (or --offline to serve the cache)")
     read_cookie(options["cookie_file"])  # refuse a readable cookie file before detaching
+    shared_settings(options["shared"], options["s3_endpoint"], options["s3_credentials_file"])
     usable_cache_dir(options["cache_dir"])
     if writable is not None:
         try:  # say what is missing or wrong before detaching
@@ -436,7 +489,7 @@ def mount(
 
     try:
         trio.run(run_mount, config, ready, told)
-    except (overlay.OverlayError, StoreError, OnlineDbError) as error:
+    except (overlay.OverlayError, StoreError, OnlineDbError, SharedRefused) as error:
         raise click.ClickException(str(error)) from None
 
 

@@ -6,6 +6,7 @@ Keys are the long option names with `_` for `-`, shared by every command that ha
     cookie_file = "~/.config/osufs/cookie"
     cache_dir = "~/.cache/osufs"
     fetch_timeout = 60
+    shared = "s3://osu-group/library"
 """
 
 from __future__ import annotations
@@ -36,8 +37,18 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "catalogue_file": str,
     "api_per_minute": (int, float),
     "mirror_per_minute": (int, float),
+    "shared": str,
+    "s3_endpoint": str,
+    "s3_credentials_file": str,
 }
-PATH_KEYS = {"cache_dir", "cookie_file", "writable", "client_file", "catalogue_file"}
+PATH_KEYS = {
+    "cache_dir",
+    "cookie_file",
+    "writable",
+    "client_file",
+    "catalogue_file",
+    "s3_credentials_file",
+}
 
 
 class ConfigError(Exception):

@@ -26,10 +26,12 @@ from osufs.fetch.names import Names
 from osufs.fetch.planner import Planner
 from osufs.fetch.readahead import READ_AHEAD_SETS, ReadAhead
 from osufs.fetch.remote import Remotes
+from osufs.fetch.shared import Shared
 from osufs.flights import Flights
 from osufs.listing import SetListing
 from osufs.sources import Source
 from osufs.store import CatalogueRecord, Store
+from osufs.tier.shared import SharedTier
 
 __all__ = ["READ_AHEAD_SETS", "CacheSpace", "Library"]
 
@@ -58,6 +60,7 @@ class Library:
         offline: bool = False,
         read_ahead: int = READ_AHEAD_SETS,
         catalogue_file: Path | None = None,
+        shared: SharedTier | None = None,
     ) -> None:
         self._store = store
         self.sources = sources
@@ -70,6 +73,7 @@ class Library:
             offline,
             fetch_timeout,
         )
+        context.shared = Shared(context, shared)
         self._context = context
         self._remotes = Remotes(context)
         self._listings = Listings(context, self._remotes)

@@ -30,6 +30,7 @@ from osufs.overlay import LowerOperations, OverlayError, Writable
 from osufs.preflight import log_findings, preflight
 from osufs.sources import SourceSpec, build_sources
 from osufs.store import Store
+from osufs.tier.shared import SharedTier, TierSettings, open_tier
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class MountConfig:
     catalogue_file: Path | None = None  # set ids; the root then lists exactly those
     api_per_minute: float | None = None  # the API's and /osu/'s allowance a minute; None: 60
     mirror_per_minute: float | None = None  # Mino's and osu.direct's a minute; None: 60
+    shared: TierSettings | None = None  # the shared tier (--shared); None: none
 
 
 def fuse_options(config: MountConfig) -> set[str]:
@@ -88,6 +90,7 @@ async def open_library(config: MountConfig) -> AsyncIterator[Library]:
         headers = {"User-Agent": f"osufs/{__version__}"}
         async with (
             httpx.AsyncClient(timeout=timeout, headers=headers, follow_redirects=False) as client,
+            _shared_tier(config) as shared,
             trio.open_nursery() as nursery,
         ):
             # Offline, only local sources (online.db) are built.
@@ -104,12 +107,23 @@ async def open_library(config: MountConfig) -> AsyncIterator[Library]:
                 offline=config.offline,
                 read_ahead=config.read_ahead,
                 catalogue_file=config.catalogue_file,
+                shared=shared,
             )
             nursery.start_soon(_flush_usage_forever, store)
             try:
                 yield library
             finally:
                 nursery.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _shared_tier(config: MountConfig) -> AsyncIterator[SharedTier | None]:
+    """The shared tier of --shared, or None; never opened offline."""
+    if config.shared is None or config.offline:
+        yield None
+        return
+    async with open_tier(config.shared) as tier:
+        yield tier
 
 
 def raise_open_file_limit() -> None:

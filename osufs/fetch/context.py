@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -14,6 +15,9 @@ from osufs.errors import OsufsError
 from osufs.fetch.planner import Planner
 from osufs.flights import Flights
 from osufs.store import Store
+
+if TYPE_CHECKING:
+    from osufs.fetch.shared import Shared
 
 log = logging.getLogger(__name__)
 
@@ -56,3 +60,5 @@ class Context:
     offline: bool = False
     fetch_timeout: float = 120.0  # how long a reader waits for a fetch (--fetch-timeout)
     refused: RefusedMembers = field(default_factory=RefusedMembers)
+    # The shared tier (fetch/shared.py), set by the facade once the context is built.
+    shared: Shared = field(init=False)

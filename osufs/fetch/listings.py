@@ -36,6 +36,9 @@ class Listings:
                 return listed
         if context.offline:
             raise OsufsError.io(f"set {set_id} is not cached (offline)")
+        listed = await context.shared.listing(set_id)  # before any allowance is spent
+        if listed is not None:
+            return listed
         source = context.planner.difficulty_source()
         if source is not None:
             listed = await context.flights.run(
@@ -50,6 +53,7 @@ class Listings:
         found = context.store.listing_get(set_id)
         if found is None:
             raise OsufsError.io(f"set {set_id}: no listing")
+        context.shared.offer(set_id)
         return found
 
     async def lookup(self, set_id: int, parent: int, name: str) -> tuple[SetListing, int]:

@@ -84,6 +84,7 @@ class Members:
         else:
             raise OsufsError(errno.EISDIR, f"set {set_id}: entry {index} is a directory")
         await context.flights.run(("member", set_id, index), fetch)
+        context.shared.offer(set_id)
         path = context.store.blob_path(set_id, index)
         if path is None:
             raise context.refused.get(set_id, index) or OsufsError.io(
@@ -121,6 +122,8 @@ class Members:
         bad = context.refused.get(set_id, index)
         if bad is not None:
             raise bad
+        if await context.shared.holds(set_id, member):
+            return None  # whole from the shared tier: no allowance spent
         remote = await self._remotes.connect(set_id)
         if remote is None:
             return None  # the source sent the whole archive, now ingested
@@ -139,12 +142,14 @@ class Members:
 
     async def _commit_streamed(self, blob: PendingBlob) -> None:
         await trio.to_thread.run_sync(ingest.commit_blobs, self._context.store, [blob])
+        self._context.shared.offer(blob.set_id)
 
     async def download_whole(self, remote: RemoteArchive) -> None:
         """The whole archive, streamed and ingested (one flight per set)."""
         await self._context.flights.run(
             ("archive", remote.set_id), lambda: self._remotes.download(remote)
         )
+        self._context.shared.offer(remote.set_id)
 
     def missing(self, set_id: int, listing: SetListing, only_osu: bool) -> list[int]:
         """Entries of the set (or only its .osu files) not in the store and not refused."""
@@ -186,7 +191,10 @@ class Members:
         A set already reached by ranges in this session serves its members compressed, in one
         request each. Otherwise a .osu comes from the metadata tier when a source has one, which
         never touches the archive's host (the official site counts every archive it hands out).
+        Before either, the shared tier, which spends no allowance.
         """
+        if await self._context.shared.member(set_id, index, member):
+            return
         if (
             self._remotes.get(set_id) is None
             and ingest.is_osu(listing.entries[index].name)

@@ -9,6 +9,7 @@ trio all the way); signing hashes the body, so large bodies are signed in a work
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import stat
 import xml.etree.ElementTree as ET
@@ -158,7 +159,9 @@ class S3Client:
             raise S3Error.io(f"{self.location}: {type(error).__name__}: {error}") from error
         if response.status_code in (401, 403):
             code = _error_code(response) or str(response.status_code)
-            raise S3Refused.io(f"{self.location}: the store refused the request ({code})")
+            raise S3Refused(
+                errno.EACCES, f"{self.location}: the store refused our credentials ({code})"
+            )
         if response.status_code >= 500:
             raise S3Error.io(f"{self.location}: the store answered {response.status_code}")
         return response
@@ -192,10 +195,11 @@ class S3Client:
             raise S3Error.io(f"{self.location}{key}: HEAD answered {response.status_code}")
         return int(response.headers.get("content-length", "0"))
 
-    async def put(self, key: str, body: bytes) -> bool:
+    async def put(self, key: str, body: bytes, *, replace: bool = False) -> bool:
         """Store an object unless one exists under the key (If-None-Match: *, where the store
-        honours it); True when this call created it."""
-        response = await self._request("PUT", key, headers={"If-None-Match": "*"}, body=body)
+        honours it) or `replace` is given; True when this call stored it."""
+        headers = {} if replace else {"If-None-Match": "*"}
+        response = await self._request("PUT", key, headers=headers, body=body)
         if response.status_code in (409, 412):
             return False
         if response.status_code != 200:
