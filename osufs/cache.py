@@ -25,6 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from osufs.space import SpaceBound
 from osufs.store import Store, StoreError
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ def stats(cache_dir: Path | None) -> None:
     """Sets, members, bytes, dedup savings and hit rate."""
     with _open(cache_dir) as store:
         s = store.stats()
+        bound = store.space()
         root = store.root
     rate = "no opens recorded" if s.hit_rate is None else f"{s.hit_rate:.1%}"
     budget = "unlimited" if s.budget is None else format_size(s.budget)
@@ -128,12 +130,29 @@ def stats(cache_dir: Path | None) -> None:
             f"{format_size(s.dedup_saving)} ({s.dedup_saving} B, {saving:.1%} of members' bytes)",
         ),
         ("budget (last mount)", budget),
+        ("free-space bound", describe_free_space(bound)),
+        ("bound in force", describe_bound(bound)),
         ("pinned sets", s.pinned),
         ("hit rate", f"{rate} ({s.hits} hits, {s.misses} misses)"),
     ]
     for name, value in rows:
         table.add_row(name, str(value))
     Console().print(table)
+
+
+def describe_free_space(bound: SpaceBound) -> str:
+    return (
+        f"keeps {bound.fraction:.0%} of the disk free ({format_size(bound.keep_free)} of "
+        f"{format_size(bound.fs_size)}); {format_size(bound.fs_free)} free now"
+    )
+
+
+def describe_bound(bound: SpaceBound) -> str:
+    """The most the cache may hold now, and which bound says so."""
+    return (
+        f"at most {format_size(bound.limit)} ({bound.first} comes first): room for "
+        f"{format_size(bound.room)} more"
+    )
 
 
 @cache.command(name="ls")

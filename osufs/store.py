@@ -674,19 +674,8 @@ class Store:
     def _evict_bytes(self, wanted: int) -> int:
         """Evict least recently used sets until `wanted` bytes of content are freed (or none
         is left to evict); returns the bytes freed."""
-        with self._content_locked():
-
-            def shrink(txn: lmdb.Transaction) -> tuple[int, list[bytes]]:
-                before = _unpack_int(txn.get(b"content_bytes", db=self._meta))
-                freed: list[bytes] = []
-                limit = max(before - wanted, 0)
-                after = self._evict_lru(txn, before, limit, self.usage.open_sets(), freed)
-                txn.put(b"content_bytes", _pack_int(after), db=self._meta)
-                return before - after, freed
-
-            released, freed = self._write(shrink)
-            self._unlink_trash(freed)
-        return released
+        limit = max(self.content_bytes() - wanted, 0)
+        return self.evict_to(limit, why="making room above the free-space bound")
 
     def space(self) -> SpaceBound:
         """The bounds in force now: free space and --cache-size (this store's, else the last
@@ -936,6 +925,7 @@ class Store:
         limit: int,
         protect: frozenset[int],
         freed: list[bytes],
+        why: str = "cache over its budget",
     ) -> int:
         """Drop least recently used sets until total <= limit; returns the new total."""
         done: list[bytes] = []
@@ -945,7 +935,7 @@ class Store:
                 continue
             total -= self._drop_set(txn, set_id, freed)
             done.append(bytes(key))
-            log.info("evicted set %d (cache over its budget)", set_id)
+            log.info("evicted set %d (%s)", set_id, why)
             if total <= limit:
                 break
         for key in done:
@@ -1008,14 +998,15 @@ class Store:
             self.unlink_trash(freed)
         return report
 
-    def evict_to(self, limit: int) -> int:
+    def evict_to(self, limit: int, why: str = "cache over its budget") -> int:
         """Evict least recently used unpinned sets until the content fits `limit` bytes."""
         with self.content_locked():
 
             def shrink(txn: lmdb.Transaction) -> tuple[int, list[bytes]]:
                 before = _unpack_int(txn.get(b"content_bytes", db=self._meta))
                 freed: list[bytes] = []
-                after = self._evict_lru(txn, before, limit, self.usage.open_sets(), freed)
+                protect = self.usage.open_sets()
+                after = self._evict_lru(txn, before, limit, protect, freed, why)
                 txn.put(b"content_bytes", _pack_int(after), db=self._meta)
                 return before - after, freed
 
