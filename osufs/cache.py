@@ -52,6 +52,20 @@ def format_size(count: float) -> str:
     raise AssertionError("unreachable")
 
 
+def share_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """A click callback for --min-free-space: a share of the disk like `10%`."""
+    if value is None:
+        return None
+    number = value.strip().removesuffix("%")
+    try:
+        share = float(number) / 100
+    except ValueError:
+        share = -1.0
+    if not value.strip().endswith("%") or not 0 <= share < 1:
+        raise click.BadParameter(f"{value!r} is not a share of the disk like 10% (0% to 99%)")
+    return share
+
+
 def size_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
     """A click callback for --cache-size."""
     if value is None:
@@ -111,7 +125,7 @@ def stats(cache_dir: Path | None) -> None:
     """Sets, members, bytes, dedup savings and hit rate."""
     with _open(cache_dir) as store:
         s = store.stats()
-        bound = store.space()
+        bound = store.space(budget=s.budget)
         root = store.root
     rate = "no opens recorded" if s.hit_rate is None else f"{s.hit_rate:.1%}"
     budget = "unlimited" if s.budget is None else format_size(s.budget)
@@ -130,7 +144,7 @@ def stats(cache_dir: Path | None) -> None:
             f"{format_size(s.dedup_saving)} ({s.dedup_saving} B, {saving:.1%} of members' bytes)",
         ),
         ("budget (last mount)", budget),
-        ("free-space bound", describe_free_space(bound)),
+        ("free-space bound (last mount)", describe_free_space(bound)),
         ("bound in force", describe_bound(bound)),
         ("pinned sets", s.pinned),
         ("hit rate", f"{rate} ({s.hits} hits, {s.misses} misses)"),

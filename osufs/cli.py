@@ -25,7 +25,7 @@ import trio
 from osufs import overlay
 from osufs import prefetch as prefetcher
 from osufs.archive import Limits
-from osufs.cache import cache, size_option
+from osufs.cache import cache, share_option, size_option
 from osufs.catalogue import read_catalogue_file
 from osufs.config import ConfigError, default_config_path, load_config
 from osufs.library import READ_AHEAD_SETS
@@ -234,7 +234,14 @@ LIBRARY_OPTIONS = [
         "--cache-size",
         callback=size_option,
         help="Most bytes of content the cache keeps (like 20G); least recently used sets go "
-        "first. Default: no limit.",
+        "first. Default: no limit (the free space kept bounds it).",
+    ),
+    click.option(
+        "--min-free-space",
+        callback=share_option,
+        help="Share of the cache's disk that always stays free (like 10%): a write that would "
+        "cut into it evicts first, or fails with ENOSPC. Whichever of this and --cache-size "
+        "comes first applies. [default: the last mount's, else 10%]",
     ),
     click.option(
         "--cookie-file",

@@ -142,6 +142,8 @@ def cache_checks(config: MountConfig) -> list[Finding]:
     except (StoreError, OsufsError, OSError) as error:
         return [Finding(subject, FAILURE, f"cannot be opened: {error}", "")]
     try:
+        if config.min_free_space is not None:  # as the mount would keep it (not recorded)
+            store.room.fraction = config.min_free_space
         bound = store.space()
         stats = store.stats()
     finally:

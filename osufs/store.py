@@ -21,7 +21,7 @@ Index databases (keys are big-endian so cursors walk sets in id order):
   negative   set id -> expiry (unix time)   sets the sources said do not exist
   osu        md5 (16 bytes) -> sha256       .osu files known by their md5 (imported, or fetched
                                             by beatmap id); each holds a ref on its content
-  meta       schema, content_bytes (sum of content sizes), hits, misses, budget
+  meta       schema, content_bytes (sum of content sizes), hits, misses, budget, keep_free
   allowances source key -> allowance record  what each source allows and was spent
                                             (osufs/allowance.py), shared by every process
 
@@ -330,7 +330,7 @@ class Store:
         root: Path,
         *,
         budget: int | None = None,
-        keep_free: float = KEEP_FREE,
+        keep_free: float | None = None,
         map_size: int = INITIAL_MAP_SIZE,
     ) -> None:
         self.root = root
@@ -341,7 +341,7 @@ class Store:
             folder.mkdir(parents=True, exist_ok=True)
         self._content_lock_path = root / "content.lock"
         self.tmp_dir, self._tmp_lock = _make_temp_dir(self._tmp_root)
-        self.room = Room(root, keep_free)
+        self.room = Room(root)  # its share is the one given, else the last mount's (below)
         self._refusal_logged = -math.inf
         self.usage = Usage()
         self._guard = _MapGuard()
@@ -380,6 +380,14 @@ class Store:
         self.empty_trash()
         if budget is not None:
             self._write(lambda txn: txn.put(b"budget", _pack_int(budget), db=self._meta))
+        if keep_free is not None:
+            packed = msgpack.packb(keep_free)
+            self._write(lambda txn: txn.put(b"keep_free", packed, db=self._meta))
+            self.room.fraction = keep_free
+        else:
+            with self._read() as txn:
+                stored = txn.get(b"keep_free", db=self._meta)
+            self.room.fraction = KEEP_FREE if stored is None else float(msgpack.unpackb(stored))
 
     def _open_dbs(self, *names: bytes) -> list[lmdb._Database]:
         """Open the named databases; opening runs a transaction, which fails when another
@@ -677,16 +685,12 @@ class Store:
         limit = max(self.content_bytes() - wanted, 0)
         return self.evict_to(limit, why="making room above the free-space bound")
 
-    def space(self) -> SpaceBound:
-        """The bounds in force now: free space and --cache-size (this store's, else the last
-        mount's)."""
+    def space(self, budget: int | None = None) -> SpaceBound:
+        """The bounds in force now: free space and --cache-size (`budget`, else this store's)."""
         size, free, keep = self.room.filesystem()
         with self._read() as txn:
             content = _unpack_int(txn.get(b"content_bytes", db=self._meta))
-            stored = txn.get(b"budget", db=self._meta)
-        budget = self.budget if self.budget is not None else (
-            None if stored is None else _unpack_int(stored)
-        )
+        budget = budget if budget is not None else self.budget
         return SpaceBound(size, free, keep, self.room.fraction, budget, content)
 
     def archive_spool(self) -> BinaryIO:

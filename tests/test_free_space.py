@@ -133,3 +133,28 @@ def test_the_bound_in_force(tmp_path: Path):
     assert bound.keep_free == int(bound.fs_size * 0.10)
     assert bound.limit <= 1 << 20
     assert bound.first == "--cache-size"
+    # --min-free-space is kept as the last mount's, like --cache-size.
+    Store(tmp_path / "cache", keep_free=0.25).close()
+    store = Store(tmp_path / "cache")
+    try:
+        assert store.space().keep_free == int(store.space().fs_size * 0.25)
+    finally:
+        store.close()
+    stats = subprocess.run(
+        osufs_command("cache", "stats", "--cache-dir", str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+    )
+    assert "keeps 25% of the disk free" in stats.stdout, stats.stdout
+
+
+def test_a_share_that_is_not_one(tmp_path: Path):
+    (tmp_path / "mnt").mkdir()
+    for wrong in ("150%", "10", "ten%"):
+        result = subprocess.run(
+            osufs_command("mount", str(tmp_path / "mnt"), "--offline", "--min-free-space", wrong),
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert "is not a share of the disk like 10%" in result.stderr
