@@ -25,6 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from osufs.space import SpaceBound
 from osufs.store import Store, StoreError
 
 if TYPE_CHECKING:
@@ -49,6 +50,20 @@ def format_size(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     raise AssertionError("unreachable")
+
+
+def share_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """A click callback for --min-free-space: a share of the disk like `10%`."""
+    if value is None:
+        return None
+    number = value.strip().removesuffix("%")
+    try:
+        share = float(number) / 100
+    except ValueError:
+        share = -1.0
+    if not value.strip().endswith("%") or not 0 <= share < 1:
+        raise click.BadParameter(f"{value!r} is not a share of the disk like 10% (0% to 99%)")
+    return share
 
 
 def size_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -110,6 +125,7 @@ def stats(cache_dir: Path | None) -> None:
     """Sets, members, bytes, dedup savings and hit rate."""
     with _open(cache_dir) as store:
         s = store.stats()
+        bound = store.space(budget=s.budget)
         root = store.root
     rate = "no opens recorded" if s.hit_rate is None else f"{s.hit_rate:.1%}"
     budget = "unlimited" if s.budget is None else format_size(s.budget)
@@ -128,12 +144,29 @@ def stats(cache_dir: Path | None) -> None:
             f"{format_size(s.dedup_saving)} ({s.dedup_saving} B, {saving:.1%} of members' bytes)",
         ),
         ("budget (last mount)", budget),
+        ("free-space bound (last mount)", describe_free_space(bound)),
+        ("bound in force", describe_bound(bound)),
         ("pinned sets", s.pinned),
         ("hit rate", f"{rate} ({s.hits} hits, {s.misses} misses)"),
     ]
     for name, value in rows:
         table.add_row(name, str(value))
     Console().print(table)
+
+
+def describe_free_space(bound: SpaceBound) -> str:
+    return (
+        f"keeps {bound.fraction:.0%} of the disk free ({format_size(bound.keep_free)} of "
+        f"{format_size(bound.fs_size)}); {format_size(bound.fs_free)} free now"
+    )
+
+
+def describe_bound(bound: SpaceBound) -> str:
+    """The most the cache may hold now, and which bound says so."""
+    return (
+        f"at most {format_size(bound.limit)} ({bound.first} comes first): room for "
+        f"{format_size(bound.room)} more"
+    )
 
 
 @cache.command(name="ls")

@@ -25,7 +25,7 @@ import trio
 from osufs import overlay
 from osufs import prefetch as prefetcher
 from osufs.archive import Limits
-from osufs.cache import cache, size_option
+from osufs.cache import cache, share_option, size_option
 from osufs.catalogue import read_catalogue_file
 from osufs.config import ConfigError, default_config_path, load_config
 from osufs.library import READ_AHEAD_SETS
@@ -182,12 +182,18 @@ class OneLineGroup(click.Group):
 @click.pass_context
 def main(ctx: click.Context, config_path: Path | None) -> None:
     """Mount the osu! beatmap library as a lazy FUSE filesystem."""
+    ctx.obj = {"config_path": config_path or default_config_path(), "config_error": None}
+    doctoring = ctx.invoked_subcommand == "doctor"  # it reports a bad config as a check
     if config_path is not None and not config_path.is_file():
-        raise click.UsageError(f"no config file at {config_path}")
+        if not doctoring:
+            raise click.UsageError(f"no config file at {config_path}")
+        ctx.obj["config_error"] = f"no config file at {config_path}"
     try:
         settings = load_config(config_path or default_config_path())
     except ConfigError as error:
-        raise click.UsageError(str(error)) from None
+        if not doctoring:
+            raise click.UsageError(str(error)) from None
+        settings, ctx.obj["config_error"] = {}, str(error)
     # Each command takes the keys it has options for; click ignores the rest.
     ctx.default_map = {name: settings for name in main.commands}
 
@@ -237,7 +243,14 @@ LIBRARY_OPTIONS = [
         "--cache-size",
         callback=size_option,
         help="Most bytes of content the cache keeps (like 20G); least recently used sets go "
-        "first. Default: no limit.",
+        "first. Default: no limit (the free space kept bounds it).",
+    ),
+    click.option(
+        "--min-free-space",
+        callback=share_option,
+        help="Share of the cache's disk that always stays free (like 10%): a write that would "
+        "cut into it evicts first, or fails with ENOSPC. Whichever of this and --cache-size "
+        "comes first applies. [default: the last mount's, else 10%]",
     ),
     click.option(
         "--cookie-file",
@@ -397,38 +410,52 @@ def shared_settings(
         raise click.UsageError(f"--shared: {error}") from None
 
 
+MOUNT_OPTIONS = [
+    click.option(
+        "--offline", is_flag=True, help="Serve only what is cached; never use the network."
+    ),
+    click.option("--allow-other", is_flag=True, help="Let other users see the mount."),
+    click.option(
+        "--read-ahead",
+        type=click.IntRange(min=0),
+        default=READ_AHEAD_SETS,
+        show_default=True,
+        help="Sets whose .osu files are fetched ahead of a scan (0: off).",
+    ),
+    click.option(
+        "--writable",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Folder for a writable layer: what is written, created, renamed or deleted in the "
+        "mount is kept there, never in the cache or on a source.",
+    ),
+    click.option(
+        "--overlay",
+        type=click.Choice(overlay.ENGINES),
+        default="auto",
+        show_default=True,
+        help="The writable layer's engine: kernel (the kernel's overlayfs; needs root), "
+        "fuse-overlayfs (any user; needs the fuse-overlayfs package), or auto (the kernel's where "
+        "it may mount, else fuse-overlayfs).",
+    ),
+    click.option(
+        "--allow-non-empty",
+        is_flag=True,
+        help="Mount over a folder that holds files (they are hidden while mounted).",
+    ),
+]
+
+
+def mount_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options `osufs mount` and `osufs doctor` share beyond the library's."""
+    for option in reversed(MOUNT_OPTIONS):
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
 @library_options
-@click.option("--offline", is_flag=True, help="Serve only what is cached; never use the network.")
-@click.option("--allow-other", is_flag=True, help="Let other users see the mount.")
-@click.option(
-    "--read-ahead",
-    type=click.IntRange(min=0),
-    default=READ_AHEAD_SETS,
-    show_default=True,
-    help="Sets whose .osu files are fetched ahead of a scan (0: off).",
-)
-@click.option(
-    "--writable",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for a writable layer: what is written, created, renamed or deleted in the "
-    "mount is kept there, never in the cache or on a source.",
-)
-@click.option(
-    "--overlay",
-    type=click.Choice(overlay.ENGINES),
-    default="auto",
-    show_default=True,
-    help="The writable layer's engine: kernel (the kernel's overlayfs; needs root), "
-    "fuse-overlayfs (any user; needs the fuse-overlayfs package), or auto (the kernel's where "
-    "it may mount, else fuse-overlayfs).",
-)
-@click.option(
-    "--allow-non-empty",
-    is_flag=True,
-    help="Mount over a folder that holds files (they are hidden while mounted).",
-)
+@mount_options
 @click.option("--foreground", "-f", is_flag=True, help="Stay attached; Ctrl-C unmounts.")
 @click.option("--ready-fd", type=int, hidden=True)
 def mount(
@@ -491,6 +518,36 @@ def mount(
         trio.run(run_mount, config, ready, told)
     except (overlay.OverlayError, StoreError, OnlineDbError, SharedRefused) as error:
         raise click.ClickException(str(error)) from None
+
+
+@main.command()
+@click.argument("mountpoint", required=False, type=click.Path(file_okay=False, path_type=Path))
+@library_options
+@mount_options
+@click.pass_context
+def doctor(ctx: click.Context, mountpoint: Path | None, **options: Any) -> None:
+    """Check what a mount with these options needs, one line each with the fix: FUSE, the
+    cache directory, its free space and bound, the config file, and every source (the mount's
+    preflight) with its allowance. Exit code 1 on a failure."""
+    from osufs.doctor import Doctor
+
+    checkup = Doctor(ctx.obj["config_path"], ctx.obj["config_error"])
+    try:
+        config = library_config(
+            mountpoint=mountpoint or Path(),
+            offline=options.pop("offline"),
+            allow_other=options.pop("allow_other"),
+            read_ahead=options.pop("read_ahead"),
+            writable=options.pop("writable"),
+            **{k: v for k, v in options.items() if k != "allow_non_empty"},
+        )
+    except click.ClickException as error:  # an unusable cookie or client file, cache dir
+        checkup.failed("options", " ".join(error.format_message().split()))
+        config = None
+    # Only what goes wrong beyond the checks' own lines reaches the terminal.
+    logging.getLogger().setLevel(logging.DEBUG if options["debug"] else logging.ERROR)
+    if not checkup.run(config, mountpoint, allow_non_empty=options["allow_non_empty"]):
+        sys.exit(1)
 
 
 @main.command()

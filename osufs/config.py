@@ -26,6 +26,7 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "fetch_timeout": (int, float),
     "read_ahead": int,
     "cache_size": str,
+    "min_free_space": str,
     "allow_other": bool,
     "max_member_size": (int, str),
     "max_ratio": int,

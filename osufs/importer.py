@@ -171,7 +171,7 @@ class Importer:
             self.tally.unmatched += 1
             self.tally.note(f"{where}: unmatched (its md5 {md5.hex()} names no known beatmap)")
             return
-        path, sink = self.store.new_temp()
+        path, sink = self.store.new_temp(len(data))
         try:
             with sink:
                 writer = HashingWriter(sink)

@@ -54,6 +54,7 @@ class MountConfig:
     allow_other: bool = False
     read_ahead: int = READ_AHEAD_SETS
     cache_size: int | None = None  # bytes of content the cache may hold; None: no limit
+    min_free_space: float | None = None  # share of the cache's disk kept free; None: the last
     writable: Path | None = None  # the writable layer's folder; None: a read-only mount
     overlay: str = "auto"  # the writable layer's engine: overlay.ENGINES
     # The osu! API (osuapi=URL): its OAuth client, and which sets it lists (docs/sources.md).
@@ -84,7 +85,7 @@ def fuse_options(config: MountConfig) -> set[str]:
 async def open_library(config: MountConfig) -> AsyncIterator[Library]:
     """The store, HTTP client, sources and library, opened together and closed in reverse."""
     with contextlib.ExitStack() as stack:
-        store = Store(config.cache_dir, budget=config.cache_size)
+        store = Store(config.cache_dir, budget=config.cache_size, keep_free=config.min_free_space)
         stack.callback(store.close)
         timeout = httpx.Timeout(config.fetch_timeout, connect=min(10.0, config.fetch_timeout))
         headers = {"User-Agent": f"osufs/{__version__}"}

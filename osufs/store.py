@@ -21,7 +21,7 @@ Index databases (keys are big-endian so cursors walk sets in id order):
   negative   set id -> expiry (unix time)   sets the sources said do not exist
   osu        md5 (16 bytes) -> sha256       .osu files known by their md5 (imported, or fetched
                                             by beatmap id); each holds a ref on its content
-  meta       schema, content_bytes (sum of content sizes), hits, misses, budget
+  meta       schema, content_bytes (sum of content sizes), hits, misses, budget, keep_free
   allowances source key -> allowance record  what each source allows and was spent
                                             (osufs/allowance.py), shared by every process
 
@@ -31,6 +31,10 @@ runs the other way: the index forgets blobs (and lists their files in trash) in 
 only then are the files unlinked. A crash between the steps leaves files no entry points at:
 trash is emptied at the next start, and `osufs cache gc` removes the rest. Both sequences hold
 content.lock, so two processes sharing the directory never unlink a file the other just indexed.
+
+The free-space bound (osufs/space.py: by default 10% of the file system stays free) is enforced
+before a write starts: `new_temp(size)` makes room for the bytes it will hold, evicting least
+recently used sets first, or fails with ENOSPC before any byte is written.
 
 The budget is enforced in the commit that adds blobs: least recently used sets are dropped in
 the same transaction until the stored bytes fit, skipping pinned sets, sets with open files in
@@ -46,6 +50,7 @@ import errno
 import fcntl
 import hashlib
 import logging
+import math
 import os
 import re
 import secrets
@@ -66,6 +71,7 @@ import msgpack
 
 from osufs.errors import OsufsError
 from osufs.listing import SetListing
+from osufs.space import KEEP_FREE, Room, SpaceBound
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +86,10 @@ LISTING_CACHE_ENTRIES = 200_000
 HASH_CHUNK = 1 << 20
 SPOOL_IN_MEMORY = 64 << 10  # above an archive's first tail (16 KiB) and a longer second try
 _DIGEST_NAME = re.compile(r"[0-9a-f]{64}")
+# Making room for a write evicts at most this many rounds (each one commit) before it gives up.
+ROOM_ROUNDS = 8
+# A refused write is said in the log at most once in this many seconds (a grep meets many).
+ROOM_REFUSAL_LOG_EVERY = 10.0
 
 # Testing only: `OSUFS_CRASH_AT=<point>` makes the process SIGKILL itself at that point, so the
 # tests can crash a mount exactly between two steps. Points: temp-written, commit-renamed,
@@ -316,7 +326,12 @@ class Store:
     """The persistent cache of one cache directory; safe to share between processes."""
 
     def __init__(
-        self, root: Path, *, budget: int | None = None, map_size: int = INITIAL_MAP_SIZE
+        self,
+        root: Path,
+        *,
+        budget: int | None = None,
+        keep_free: float | None = None,
+        map_size: int = INITIAL_MAP_SIZE,
     ) -> None:
         self.root = root
         self.budget = budget
@@ -326,6 +341,8 @@ class Store:
             folder.mkdir(parents=True, exist_ok=True)
         self._content_lock_path = root / "content.lock"
         self.tmp_dir, self._tmp_lock = _make_temp_dir(self._tmp_root)
+        self.room = Room(root)  # its share is the one given, else the last mount's (below)
+        self._refusal_logged = -math.inf
         self.usage = Usage()
         self._guard = _MapGuard()
         # metasync=False keeps integrity and halves fsyncs; a system crash may undo the last commit.
@@ -363,6 +380,14 @@ class Store:
         self.empty_trash()
         if budget is not None:
             self._write(lambda txn: txn.put(b"budget", _pack_int(budget), db=self._meta))
+        if keep_free is not None:
+            packed = msgpack.packb(keep_free)
+            self._write(lambda txn: txn.put(b"keep_free", packed, db=self._meta))
+            self.room.fraction = keep_free
+        else:
+            with self._read() as txn:
+                stored = txn.get(b"keep_free", db=self._meta)
+            self.room.fraction = KEEP_FREE if stored is None else float(msgpack.unpackb(stored))
 
     def _open_dbs(self, *names: bytes) -> list[lmdb._Database]:
         """Open the named databases; opening runs a transaction, which fails when another
@@ -624,15 +649,55 @@ class Store:
                 found.append((struct.unpack(">I", key[8:])[0], bytes(digest)))
         return found
 
-    def new_temp(self) -> tuple[Path, BinaryIO]:
+    def new_temp(self, size: int = 0) -> tuple[Path, BinaryIO]:
+        """A temporary file for a write of `size` bytes, with room made for them first (an
+        OsufsError ENOSPC, before anything is written, when there is none). Blocking."""
         path = self.tmp_dir / secrets.token_hex(8)
+        self.make_room(size, path)
         return path, open(path, "xb")
+
+    def make_room(self, size: int, path: Path | None = None) -> None:
+        """Have `size` bytes fit above the free-space bound (promised to the write of `path`):
+        least recently used sets are evicted for them (never pinned or open ones), else
+        OsufsError ENOSPC with a log line. Blocking."""
+        for _round in range(ROOM_ROUNDS):
+            missing = self.room.take(size, path)
+            if missing <= 0 or not self._evict_bytes(missing):
+                break
+        else:
+            missing = self.room.take(size, path)
+        if missing <= 0:
+            return
+        bound = self.space()
+        message = (
+            f"the cache keeps {_mib(bound.keep_free)} of its disk free "
+            f"({bound.fraction:.0%}); {_mib(size)} more do not fit, even after evicting"
+        )
+        now = time.monotonic()
+        if now - self._refusal_logged >= ROOM_REFUSAL_LOG_EVERY:
+            self._refusal_logged = now
+            log.warning("%s (ENOSPC)", message)
+        raise OsufsError(errno.ENOSPC, message)
+
+    def _evict_bytes(self, wanted: int) -> int:
+        """Evict least recently used sets until `wanted` bytes of content are freed (or none
+        is left to evict); returns the bytes freed."""
+        limit = max(self.content_bytes() - wanted, 0)
+        return self.evict_to(limit, why="making room above the free-space bound")
+
+    def space(self, budget: int | None = None) -> SpaceBound:
+        """The bounds in force now: free space and --cache-size (`budget`, else this store's)."""
+        size, free, keep = self.room.filesystem()
+        with self._read() as txn:
+            content = _unpack_int(txn.get(b"content_bytes", db=self._meta))
+        budget = budget if budget is not None else self.budget
+        return SpaceBound(size, free, keep, self.room.fraction, budget, content)
 
     def archive_spool(self) -> BinaryIO:
         """Scratch space for an archive or its tail: in memory while small (a tail needs no
-        file), then a nameless file in tmp/ that vanishes with the process."""
-        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, dir=self.tmp_dir)  # noqa: SIM115 - the caller closes it
-        return cast(BinaryIO, spool)
+        file), then a nameless file in tmp/ that vanishes with the process; every write past
+        memory makes room for itself first."""
+        return cast(BinaryIO, _Spool(self))
 
     def index_blobs(self, blobs: list[PendingBlob]) -> list[bytes]:
         """Index blobs whose files are in content/ already, evicting what the budget needs in
@@ -864,6 +929,7 @@ class Store:
         limit: int,
         protect: frozenset[int],
         freed: list[bytes],
+        why: str = "cache over its budget",
     ) -> int:
         """Drop least recently used sets until total <= limit; returns the new total."""
         done: list[bytes] = []
@@ -873,7 +939,7 @@ class Store:
                 continue
             total -= self._drop_set(txn, set_id, freed)
             done.append(bytes(key))
-            log.info("evicted set %d (cache over its budget)", set_id)
+            log.info("evicted set %d (%s)", set_id, why)
             if total <= limit:
                 break
         for key in done:
@@ -936,14 +1002,15 @@ class Store:
             self.unlink_trash(freed)
         return report
 
-    def evict_to(self, limit: int) -> int:
+    def evict_to(self, limit: int, why: str = "cache over its budget") -> int:
         """Evict least recently used unpinned sets until the content fits `limit` bytes."""
         with self.content_locked():
 
             def shrink(txn: lmdb.Transaction) -> tuple[int, list[bytes]]:
                 before = _unpack_int(txn.get(b"content_bytes", db=self._meta))
                 freed: list[bytes] = []
-                after = self._evict_lru(txn, before, limit, self.usage.open_sets(), freed)
+                protect = self.usage.open_sets()
+                after = self._evict_lru(txn, before, limit, protect, freed, why)
                 txn.put(b"content_bytes", _pack_int(after), db=self._meta)
                 return before - after, freed
 
@@ -1222,6 +1289,23 @@ class HashingWriter:
         self.size += len(data)
         if self.size >= 1 << 16:
             crash_point("temp-written")
+
+
+class _Spool(tempfile.SpooledTemporaryFile):  # type: ignore[type-arg]
+    """A spooled file whose writes on disk stay above the free-space bound."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(max_size=SPOOL_IN_MEMORY, dir=store.tmp_dir)
+        self._store = store
+
+    def write(self, data) -> int:  # type: ignore[no-untyped-def, override]
+        if self._rolled or self.tell() + len(data) > SPOOL_IN_MEMORY:
+            self._store.make_room(len(data))
+        return super().write(data)
+
+
+def _mib(count: int) -> str:
+    return f"{count / (1 << 20):.1f} MiB"
 
 
 def _disk_error(error: OSError) -> Exception:

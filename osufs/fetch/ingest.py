@@ -48,7 +48,7 @@ def write_members(
             temp = None
             try:
                 read = open_reader()
-                temp, sink = store.new_temp()
+                temp, sink = store.new_temp(member.size)  # room made first, or ENOSPC
                 with sink:
                     writer = HashingWriter(sink)
                     archive.extract(read, member, writer, limits)

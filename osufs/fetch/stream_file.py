@@ -24,7 +24,7 @@ class PartialFile:
         self.member = member
         self.size = member.size
         self._label = label
-        self.path, created = store.new_temp()
+        self.path, created = store.new_temp(member.size)  # room made first, or ENOSPC
         created.close()
         self._file = open(self.path, "r+b")  # noqa: SIM115 - closed by close()
         self.fd = self._file.fileno()

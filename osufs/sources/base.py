@@ -645,7 +645,7 @@ def _looks_like_html(data: bytes) -> bool:
 
 
 def allowance_said(headers: httpx.Headers) -> str:
-    """What rate-limit headers say is left ("57 of 60 requests left this window, 99000
+    """What rate-limit headers say is left ("57 of 60 requests left until 13:58:00, 99000
     today"); "" when they say nothing."""
     left = headers.get("x-ratelimit-remaining", "").strip()
     if not left:

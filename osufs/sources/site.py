@@ -163,7 +163,8 @@ class OsuSiteSource(Source):
         used = info.get("quota_used") if isinstance(info, dict) else None
         if not isinstance(used, int) or isinstance(used, bool):
             return ""
-        self.pacer.agree(used)
+        await trio.to_thread.run_sync(self.allowance.agree, used)
+        self._quota_checked, self._downloads_since_check = time.monotonic(), 0  # a check too
         return f"{used} downloads counted in the last hour"
 
     async def open_archive(self, set_id: int, tail: int, sink: BinaryIO) -> RemoteArchive | None:
