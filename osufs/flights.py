@@ -90,8 +90,9 @@ class Flights:
             flight.done.set()
         if flight.error is None:
             return
-        if flight.priority.background:
-            log.debug("background %s", flight.error)  # nobody waited for it
+        if flight.started_background:
+            # Nobody waited for it, or a reader did and runs it again as its own.
+            log.debug("background %s", flight.error)
         else:
             warn_once(str(flight.error))
 

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
+import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from osufs.names import set_folder_name
 from osufs.samples import build_sample_library
 from tests.fake_api import ApiSet, ApiState, api_app, api_set
 from tests.fake_mino import MinoState, mino_app
 from tests.helpers import ThreadedApp, mounted
+from tests.test_api_sources import NO_READ_AHEAD, api_options, osu_files, wait_for
 from tests.test_api_sources import client_file as client_file  # the module's fixture, shared
-from tests.test_api_sources import osu_files
 
 SETS = 30
 WINDOW = 3.0
@@ -93,3 +97,84 @@ def test_a_grep_reads_every_osu_once_the_mirror_is_spent(
     assert "its rate limit is spent" in log_text
     assert (mino_state.too_many, mino_state.teapots) == (0, 0)
     assert api_state.limited_api == 0
+
+
+def read_timed(path: Path, done: dict[str, float]) -> bytes:
+    data = path.read_bytes()
+    done[path.name] = time.monotonic()
+    return data
+
+
+def test_a_429_for_one_set_waits_while_other_sets_read(
+    servers: tuple[ApiState, MinoState, str, str],
+    thirty: dict[int, ApiSet],
+    client_file: Path,
+    tmp_path: Path,
+):
+    api_state, mino_state, api_url, mino_url = servers
+    busy, others = 100005, [100006, 100007, 100008, 100009]
+    mino_state.overloaded[f"/d/{busy}"] = 2  # its archive: 429, Retry-After: 2, once
+    options = [
+        *api_options(api_url, client_file, "--api-per-minute", "6000"),
+        "--source",
+        f"catboy={mino_url}",
+        "--fetch-timeout",
+        "10",
+        *NO_READ_AHEAD,
+    ]
+    with mounted(tmp_path / "mnt", tmp_path / "cache", tmp_path / "mount.log", *options) as mount:
+        root = mount.mountpoint
+        done: dict[str, float] = {}
+        with ThreadPoolExecutor(4) as pool:
+            audio = pool.submit(read_timed, root / str(busy) / "audio.mp3", done)
+            read = [
+                pool.submit(read_timed, root / str(set_id) / name, done)
+                for set_id in others
+                for name in osu_files(thirty[set_id].archive)
+            ]
+            # While the mirror rests, the other sets' .osu files come from the API.
+            for future, set_id_name in zip(
+                read, [(i, n) for i in others for n in osu_files(thirty[i].archive)], strict=True
+            ):
+                set_id, name = set_id_name
+                assert future.result() == osu_files(thirty[set_id].archive)[name]
+            with zipfile.ZipFile(thirty[busy].archive) as archive:
+                assert audio.result() == archive.read("audio.mp3")
+        log_text = mount.log()
+    assert mino_state.held == 1
+    assert max(t for name, t in done.items() if name != "audio.mp3") < done["audio.mp3"]
+    # The mirror was asked again for the set once its Retry-After had passed, and it served.
+    assert mino_state.requests["download"] >= 2
+    assert "its Retry-After" in log_text or "rate limited" in log_text
+    assert (mino_state.too_many, mino_state.teapots) == (0, 0)
+    assert api_state.limited_api == 0
+
+
+def test_reading_ahead_into_a_429_never_fails_a_reader(
+    servers: tuple[ApiState, MinoState, str, str], thirty: dict[int, ApiSet], tmp_path: Path
+):
+    _api_state, mino_state, _api_url, mino_url = servers
+    first, *later = sorted(thirty)[:8]
+    mino_state.per_minute = 600
+    # Reading ahead of the first set asks for the next ones' .osu files: 429, Retry-After: 2
+    # (for whichever is asked for first; the others for a reader, later).
+    for set_id in later[:3]:
+        mino_state.overloaded[f"/osu/{thirty[set_id].beatmaps[0].beatmap_id}"] = 2
+    options = ["--source", f"catboy={mino_url}", "--mirror-per-minute", "600"]
+    options += ["--fetch-timeout", "10"]
+    with mounted(tmp_path / "mnt", tmp_path / "cache", tmp_path / "mount.log", *options) as mount:
+        root = mount.mountpoint
+
+        def read_set(set_id: int) -> None:
+            found = thirty[set_id]
+            path = root / set_folder_name(set_id, found.artist, found.title)
+            for name, data in osu_files(found.archive).items():
+                assert (path / name).read_bytes() == data, (set_id, name)
+
+        read_set(first)
+        wait_for(lambda: mino_state.held >= 1, "reading ahead into a 429")
+        for set_id in later:  # the one read ahead into the 429 too
+            read_set(set_id)
+        log_text = mount.log()
+    assert "WARNING" not in log_text, log_text
+    assert (mino_state.too_many, mino_state.teapots) == (0, 0)

@@ -121,8 +121,25 @@ class Planner:
 
         Raises SourceLimited at once when none left can serve before the deadline (saying
         when one could), else, when every candidate failed otherwise, the first failure (its
-        type kept: SourceMissing, SourceMismatch); `failures` collects what each said."""
+        type kept: SourceMissing, SourceMismatch); `failures` collects what each said.
+        Reading ahead gives up after IMPATIENT_WAIT, unless a reader comes to wait for it."""
         failures = [] if failures is None else failures
+        if patient():
+            return await self._serve(candidates, kind, request, what, failures)
+        with current_priority().bounded(IMPATIENT_WAIT) as scope:
+            result = await self._serve(candidates, kind, request, what, failures)
+        if scope.cancelled_caught:
+            raise SourceLimited(f"{what}: the sources are busy; not waited for", time.time())
+        return result
+
+    async def _serve(
+        self,
+        candidates: list[Source],
+        kind: str,
+        request: Callable[[Source], Awaitable[T]],
+        what: str,
+        failures: list[OsufsError],
+    ) -> T:
         failed: list[Source] = []
         while True:
             left = [source for source in candidates if source not in failed]
@@ -134,7 +151,7 @@ class Planner:
             when, source = best
             now = time.time()
             if when > now:
-                if when >= deadline() or not patient():
+                if when >= deadline() or (not patient() and when - now > IMPATIENT_WAIT):
                     raise SourceLimited(
                         f"{what}: no source can serve it before the deadline; "
                         f"{source.label} can at {clock(when)}",
@@ -146,12 +163,7 @@ class Planner:
             cost = source.cost(kind)
             self._promised[source] = self._promised.get(source, 0.0) + cost
             try:
-                if patient():
-                    return await request(source)
-                with current_priority().bounded(IMPATIENT_WAIT) as scope:
-                    result = await request(source)
-                if not scope.cancelled_caught:
-                    return result
+                return await request(source)
             except SourceLimited as error:
                 self.note_limited(source, error)
                 log.info("%s: %s", what, error)
@@ -163,5 +175,3 @@ class Planner:
                 continue
             finally:
                 self._promised[source] -= cost
-            # Background work that waited too long for its turn at the source gives up.
-            raise SourceLimited(f"{what}: {source.label} is busy; not waited for", time.time())
