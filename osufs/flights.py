@@ -1,6 +1,7 @@
 """One fetch per key: the first caller starts it in the library's nursery, later callers wait
 for its outcome. A caller that gives up never cancels a fetch others are waiting for, and
-every fetch ends within its deadline with a result or an OsufsError."""
+every fetch ends within its deadline with a result or an OsufsError. A fetch runs at its
+first caller's priority (fetch/context.py) and becomes a reader's when a reader joins it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any, Generic, TypeVar
 import trio
 
 from osufs.errors import OsufsError
+from osufs.fetch.context import Priority, current_priority, with_priority
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +24,8 @@ T = TypeVar("T")
 
 @dataclass
 class _Flight(Generic[T]):
+    priority: Priority
+    started_background: bool = False
     done: trio.Event = field(default_factory=trio.Event)
     result: T | None = None
     error: OsufsError | None = None
@@ -36,17 +40,33 @@ class Flights:
         self._running: dict[Hashable, _Flight[Any]] = {}
 
     async def run(self, key: Hashable, fetch: Callable[[], Awaitable[T]]) -> T:
-        flight = self._running.get(key)
-        if flight is None:
-            flight = _Flight()
-            self._running[key] = flight
-            self._nursery.start_soon(self._fly, key, flight, fetch)
-        await flight.done.wait()
+        """The fetch's result; a reader whose wait ended in a failure of background work
+        (reading ahead gave up on a busy source) runs the fetch again as its own."""
+        caller = current_priority()
+        flight = await self._join(key, fetch, caller)
+        if flight.error is not None and flight.started_background and not caller.background:
+            flight = await self._join(key, fetch, caller)
         if flight.error is not None:
             # The fetch's own error, type and all (SourceMissing, SourceLimited), to every
             # waiter; without the traceback of another waiter's raise.
             raise flight.error.with_traceback(None)
         return flight.result
+
+    async def _join(
+        self, key: Hashable, fetch: Callable[[], Awaitable[T]], caller: Priority
+    ) -> _Flight[T]:
+        flight = self._running.get(key)
+        if flight is None:
+            # The fetch runs at its first caller's priority, until a reader joins it.
+            priority = Priority(caller.background, parent=caller, patient=caller.patient)
+            flight = _Flight(priority, started_background=caller.background)
+            self._running[key] = flight
+            with with_priority(flight.priority):
+                self._nursery.start_soon(self._fly, key, flight, fetch)
+        elif not caller.background:
+            flight.priority.for_reader()
+        await flight.done.wait()
+        return flight
 
     async def _fly(self, key: Hashable, flight: _Flight[T], fetch: Callable[[], Awaitable[T]]):
         try:
@@ -68,7 +88,12 @@ class Flights:
         finally:
             del self._running[key]
             flight.done.set()
-        if flight.error is not None:
+        if flight.error is None:
+            return
+        if flight.started_background:
+            # Nobody waited for it, or a reader did and runs it again as its own.
+            log.debug("background %s", flight.error)
+        else:
             warn_once(str(flight.error))
 
 

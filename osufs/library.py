@@ -18,7 +18,7 @@ import trio
 
 from osufs.archive import Limits
 from osufs.catalogue import Catalogue
-from osufs.fetch.context import Context
+from osufs.fetch.context import Context, background
 from osufs.fetch.handles import EntryHandles, Handles
 from osufs.fetch.listings import Listings
 from osufs.fetch.members import Members
@@ -180,7 +180,12 @@ class Library:
         return CacheSpace(store.root, store.content_bytes(), store.budget, store.catalogue_count())
 
     async def prefetch(self, set_id: int, *, only_osu: bool) -> bool:
-        """Fill the cache with a set (or only its .osu files); False if it was all there."""
+        """Fill the cache with a set (or only its .osu files); False if it was all there.
+        Background work: readers of a mount on the same cache go first."""
+        with background():
+            return await self._prefetch(set_id, only_osu=only_osu)
+
+    async def _prefetch(self, set_id: int, *, only_osu: bool) -> bool:
         members = self._members
         listing = self._store.listing_get(set_id)
         whole = listing is not None and (only_osu or not listing.provisional)

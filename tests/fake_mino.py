@@ -19,6 +19,10 @@ and `x-ratelimit-daily-reset` (seconds). A request the allowance cannot pay for 
 `Retry-After`; any request before that time has passed is a client ignoring it, and gets 418,
 as does everything from then on for `ban` seconds. `requests` counts the requests by kind,
 `too_many` the 429s and `teapots` the 418s, so a test can assert that none was provoked.
+`overloaded` paths are answered once with 429 and that Retry-After (seconds) whatever is
+left, as a busy mirror may (counted in `held`, not `too_many`); requests already on their way
+then (arriving within GRACE) get the same 429; asking again later, before the Retry-After has
+passed, is ignoring it, and is banned like any other.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ WEIGHTS = {
     "ratelimits": 0,
 }
 SEARCH_LIMIT = 100  # results a search page at most (its `limit`)
+GRACE = 0.25  # seconds after an `overloaded` 429 in which requests were already on their way
 
 
 @dataclass
@@ -62,6 +67,7 @@ class MinoState:
     search_cap: int = 10_000
     ranges: bool = True
     ban: float = 3600.0
+    overloaded: dict[str, int] = field(default_factory=dict)  # path -> Retry-After, once
     # The allowance as spent.
     used: int = 0
     window_start: float = 0.0
@@ -74,6 +80,8 @@ class MinoState:
     paths: list[str] = field(default_factory=list)
     too_many: int = 0  # 429s sent
     teapots: int = 0  # 418s sent
+    held: int = 0  # 429s sent for `overloaded` paths
+    grace_until: float = 0.0
 
     def beatmaps(self) -> dict[int, tuple[ApiSet, int]]:
         """Each beatmap id's set and index in it."""
@@ -134,7 +142,16 @@ def mino_app(state: MinoState, shape: str = "mino") -> Starlette:
         async def handler(request: Request) -> Response:
             query = request.url.query
             state.paths.append(request.url.path + (f"?{query}" if query else ""))
-            status, headers = state.charge(kind, time.time())
+            now = time.time()
+            wait = state.overloaded.pop(request.url.path, None)
+            if wait is not None and now >= max(state.told_until, state.banned_until):
+                state.told_until, state.grace_until = now + wait, now + GRACE
+            if wait is not None or now < state.grace_until:
+                state.requests[kind] += 1
+                state.held += 1
+                headers = {"retry-after": str(max(1, math.ceil(state.told_until - now)))}
+                return JSONResponse({"error": "busy"}, status_code=429, headers=headers)
+            status, headers = state.charge(kind, now)
             if status == 418:
                 return PlainTextResponse("I'm a teapot", status_code=418, headers=headers)
             if status == 429:

@@ -4,7 +4,7 @@ archive's directory; and a name looked up in it."""
 from __future__ import annotations
 
 from osufs.errors import OsufsError
-from osufs.fetch.context import Context
+from osufs.fetch.context import Context, in_background
 from osufs.fetch.provisional import ProvisionalListings
 from osufs.fetch.remote import Remotes
 from osufs.listing import SetListing
@@ -18,10 +18,10 @@ class Listings:
         self._remotes = remotes
         self._provisional = ProvisionalListings(context)
 
-    async def listing(self, set_id: int, *, speculative: bool = False) -> SetListing:
+    async def listing(self, set_id: int) -> SetListing:
         """A set's listing: stored, or provisional when no unmetered archive source is
-        available and metadata can list it, or from the archive's directory. Speculative work
-        (reading ahead) never spends a metered source's allowance."""
+        available and metadata can list it, or from the archive's directory. Background work
+        (reading ahead) never spends a metered source's archives."""
         context = self._context
         found = context.store.listing_get(set_id)
         if found is not None:
@@ -30,7 +30,7 @@ class Listings:
         if free is not None:
             listed = await context.flights.run(
                 ("provisional", set_id),
-                lambda: self._provisional.list(free, set_id, background=speculative),
+                lambda: self._provisional.list([free], set_id),
             )
             if listed is not None:
                 return listed
@@ -39,15 +39,14 @@ class Listings:
         listed = await context.shared.listing(set_id)  # before any allowance is spent
         if listed is not None:
             return listed
-        source = context.planner.difficulty_source()
-        if source is not None:
+        sources = context.planner.difficulty_sources()
+        if sources:
             listed = await context.flights.run(
-                ("provisional", set_id),
-                lambda: self._provisional.list(source, set_id, background=speculative),
+                ("provisional", set_id), lambda: self._provisional.list(sources, set_id)
             )
             if listed is not None:
                 return listed
-        if speculative and not context.planner.unmetered_available():
+        if in_background() and not context.planner.unmetered_available():
             raise OsufsError.io(f"set {set_id}: not read ahead (only a metered source has it)")
         await self._remotes.connect(set_id)
         found = context.store.listing_get(set_id)

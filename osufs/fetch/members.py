@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -16,12 +17,13 @@ from osufs import archive
 from osufs.archive import MemberError, ZipMember
 from osufs.errors import OsufsError
 from osufs.fetch import ingest
-from osufs.fetch.context import Context
+from osufs.fetch.context import Context, in_background
 from osufs.fetch.listings import Listings
+from osufs.fetch.planner import DOWNLOAD, OSU, free_at
 from osufs.fetch.remote import Remotes
 from osufs.fetch.streaming import MemberStream, Streams
 from osufs.listing import SetListing
-from osufs.sources import RemoteArchive
+from osufs.sources import RemoteArchive, Source
 from osufs.store import PendingBlob
 
 log = logging.getLogger(__name__)
@@ -189,14 +191,19 @@ class Members:
         """Fetch one member by the cheapest way a source offers.
 
         A set already reached by ranges in this session serves its members compressed, in one
-        request each. Otherwise a .osu comes from the metadata tier when a source has one, which
-        never touches the archive's host (the official site counts every archive it hands out).
-        Before either, the shared tier, which spends no allowance.
+        request each, while its source is free. Otherwise a .osu comes from the metadata tier
+        when a source has one, which never touches the archive's host (the official site counts
+        every archive it hands out, a mirror's allowance may be spent). Before either, the
+        shared tier, which spends no allowance.
         """
         if await self._context.shared.member(set_id, index, member):
             return
+        reached = self._remotes.get(set_id)
+        busy = reached is None or free_at(
+            reached.source, DOWNLOAD, background=in_background()
+        ) > time.time()
         if (
-            self._remotes.get(set_id) is None
+            busy
             and ingest.is_osu(listing.entries[index].name)
             and await self._from_metadata_tier(set_id, listing.path(index), index, member)
         ):
@@ -222,23 +229,29 @@ class Members:
         pin = listing.pin(index)
         assert pin is not None
         entry = listing.entries[index]
-        for source in self._context.planner.available():
-            if not source.serves_difficulties:
-                continue
-            try:
-                data = await source.beatmap_file(pin.beatmap_id, pin.md5)
-            except OsufsError as error:
-                log.info("set %d: %s: %s", set_id, entry.name, error)
-                continue
-            await self._write(set_id, index, data, ingest.loose_member(data))
+        planner = self._context.planner
+        sources = [s for s in planner.sources if s.serves_difficulties]
+        background = in_background()
+
+        async def fetch(source: Source) -> bytes:
+            return await source.beatmap_file(pin.beatmap_id, pin.md5, background=background)
+
+        try:
+            what = f"set {set_id}: {entry.name}"
+            data = await planner.serve(sources, OSU, fetch, what=what)
+        except OsufsError as error:
+            member = listing.member(index)
+            if member is None:
+                raise OsufsError(
+                    error.errno,
+                    f"set {set_id}: {entry.name}: its listed copy (beatmap {pin.beatmap_id}) "
+                    f"is not to be had now ({error}), and the archive has no copy of the same "
+                    "bytes",
+                ) from None
+            log.info("set %d: %s: %s", set_id, entry.name, error)
+            await self._materialise(set_id, listing, index, member)
             return
-        member = listing.member(index)
-        if member is None:
-            raise OsufsError.io(
-                f"set {set_id}: {entry.name}: its listed copy (beatmap {pin.beatmap_id}) is not "
-                "to be had now, and the archive has no copy of the same bytes"
-            )
-        await self._materialise(set_id, listing, index, member)
+        await self._write(set_id, index, data, ingest.loose_member(data))
 
     async def _read_member(self, remote: RemoteArchive, index: int, member: ZipMember) -> None:
         foreign = self._remotes.foreign(remote.set_id)

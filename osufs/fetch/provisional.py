@@ -12,7 +12,8 @@ import trio
 
 from osufs.errors import OsufsError
 from osufs.fetch import ingest
-from osufs.fetch.context import Context
+from osufs.fetch.context import Context, in_background
+from osufs.fetch.planner import OSU, SET
 from osufs.listing import Pin, PinnedFile, SetListing, provisional_listing
 from osufs.names import normalise_path
 from osufs.osufile import difficulty_filename, parse_osu
@@ -37,25 +38,35 @@ class ProvisionalListings:
         # md5 is in the key so a map updated in between is fetched anew.
         self._kept: OrderedDict[tuple[int, str], bytes] = OrderedDict()
 
-    async def list(self, source: Source, set_id: int, *, background: bool) -> SetListing | None:
-        """The set's provisional listing, stored. None when metadata cannot list it (the
-        archive is then asked); EIO, storing nothing, when some .osu is not to be had right
-        now (paced, failing), so a later look lists it whole."""
-        try:
+    async def list(self, sources: list[Source], set_id: int) -> SetListing | None:
+        """The set's provisional listing from `sources` (the planner chooses which serves each
+        request), stored. None when metadata cannot list it (the archive is then asked); EIO,
+        storing nothing, when some .osu is not to be had before the deadline, so a later look
+        lists it whole."""
+        planner = self._context.planner
+        background = in_background()
+
+        async def describe(source: Source) -> SetDifficulties | None:
             info = await source.set_difficulties(set_id, background=background)
+            if info is None or not info.difficulties or info.updated_ns <= 0:
+                log.info("set %d: %s cannot list it without its archive", set_id, source.label)
+                raise SourceMissing(f"{source.label}: set {set_id}: no difficulties")
+            return info
+
+        try:
+            info = await planner.serve(sources, SET, describe, what=f"set {set_id}")
         except OsufsError as error:
             # Unknown to the API, or no usable client (said once): only the archive lists it.
             if isinstance(error, SourceMissing) or error.errno == errno.EACCES:
                 return None
             raise
-        if info is None or not info.difficulties or info.updated_ns <= 0:
-            log.info("set %d: %s cannot list it without its archive", set_id, source.label)
-            return None
+        assert info is not None
         outcomes: dict[int, bytes | OsufsError] = {}
         async with trio.open_nursery() as nursery:
             for difficulty in info.difficulties:
-                nursery.start_soon(self._fetch, source, difficulty, outcomes, background)
-        if source.free_difficulties and self._context.planner.other_ways(source):
+                nursery.start_soon(self._fetch, sources, difficulty, outcomes, background)
+        free = sources[0].free_difficulties
+        if free and self._context.planner.other_ways(sources[0]):
             at_hand = [isinstance(outcomes[d.beatmap_id], bytes) for d in info.difficulties]
             if not all(at_hand):
                 # Listing what is at hand would pin a set without those: another way lists it.
@@ -91,7 +102,7 @@ class ProvisionalListings:
 
     async def _fetch(
         self,
-        source: Source,
+        sources: list[Source],
         difficulty: Difficulty,
         outcomes: dict[int, bytes | OsufsError],
         background: bool,
@@ -103,11 +114,16 @@ class ProvisionalListings:
         if kept is not None:
             outcomes[difficulty.beatmap_id] = kept
             return
+
+        async def fetch(source: Source) -> bytes:
+            return await source.beatmap_file(
+                difficulty.beatmap_id, difficulty.md5, background=background
+            )
+
         try:
             async with self._pool:
-                data = await source.beatmap_file(
-                    difficulty.beatmap_id, difficulty.md5, background=background
-                )
+                what = f"beatmap {difficulty.beatmap_id}"
+                data = await self._context.planner.serve(sources, OSU, fetch, what=what)
         except OsufsError as error:
             outcomes[difficulty.beatmap_id] = error
             return

@@ -13,7 +13,7 @@ from osufs import archive
 from osufs.archive import MemberError, ZipMember
 from osufs.errors import OsufsError
 from osufs.fetch import ingest
-from osufs.fetch.context import Context
+from osufs.fetch.context import Context, background
 from osufs.fetch.listings import Listings
 from osufs.fetch.members import RANGED_MEMBER_LIMIT, Members
 from osufs.fetch.remote import LOCAL_HEADER_SLACK, Remotes
@@ -93,8 +93,9 @@ class ReadAhead:
     async def _list_one_ahead(self, set_id: int) -> None:
         async with self._list_pool:
             try:
-                # Speculative: never a metered source's allowance, readers' requests first.
-                await self._listings.listing(set_id, speculative=True)
+                # Background: never a metered source's archives, readers' requests first.
+                with background(patient=False):
+                    await self._listings.listing(set_id)
             except OsufsError as error:
                 log.debug("listing set %d ahead stopped: %s", set_id, error)
                 self._listed_ahead.discard(set_id)
@@ -124,9 +125,13 @@ class ReadAhead:
                 self._context.nursery.start_soon(self._warm, next_id)
 
     async def _warm(self, set_id: int) -> None:
+        with background(patient=False):  # readers first; never a reader's failure
+            await self._warm_in_background(set_id)
+
+    async def _warm_in_background(self, set_id: int) -> None:
         async with self._pool:
             try:
-                listing = await self._listings.listing(set_id, speculative=True)
+                listing = await self._listings.listing(set_id)
             except OsufsError as error:
                 log.debug("read-ahead of set %d stopped: %s", set_id, error)
                 return

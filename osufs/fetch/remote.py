@@ -12,13 +12,15 @@ from typing import BinaryIO
 import trio
 
 from osufs import archive
+from osufs.allowance import clock
 from osufs.archive import ArchiveError, MemberError, ZipMember
 from osufs.errors import OsufsError
 from osufs.fetch import ingest
 from osufs.fetch.context import Context
+from osufs.fetch.planner import DOWNLOAD
 from osufs.flights import warn_once
 from osufs.osufile import parse_osu, referenced_files
-from osufs.sources import RemoteArchive, SourceLimited, SourceMissing
+from osufs.sources import RemoteArchive, Source, SourceLimited, SourceMissing
 
 log = logging.getLogger(__name__)
 
@@ -75,60 +77,67 @@ class Remotes:
                 f"set {set_id}: no source serves archives (the osu! API gives only names and "
                 ".osu files); add a mirror or osu=URL"
             )
-        available = [source for source in planner.available() if source.serves_archives]
-        for source in available:
-            spool = context.store.archive_spool()
-            try:
-                remote = await source.open_archive(set_id, FIRST_TAIL, spool)
-                if remote is None:
-                    await trio.to_thread.run_sync(self._ingest, set_id, spool)
-                    return None
-                spool.seek(0)
-                tail = spool.read()  # at most FIRST_TAIL bytes, in memory
-                stored = context.store.listing_get(set_id)
-                if stored is None or stored.provisional:
-                    await self._store_listing_from_tail(remote, tail)
-                else:
-                    members, _offset = await self._read_directory(remote, tail)
-                    where = f"set {set_id} at {source.label}"
-                    self._foreign[set_id] = ingest.match_members(stored, members, where)
-                self._reached[set_id] = remote
-                return remote
-            except SourceLimited as error:
-                planner.note_limited(source, error)
-                log.info("set %d: %s; trying the next source", set_id, error)
-                failures.append(error)
-            except ArchiveError as error:
-                failures.append(OsufsError.io(f"{source.label}: set {set_id}: {error}"))
-            except OsufsError as error:
-                failures.append(error)
-            finally:
-                spool.close()
-        skipped = len(planner.archive_sources()) - len(available)
-        raise self._give_up(set_id, failures, skipped=skipped)
-
-    def _give_up(self, set_id: int, failures: list[OsufsError], skipped: int = 0) -> OsufsError:
-        """The error for a set no source served; fails at once, never waits for a limit."""
-        planner = self._context.planner
-        if not failures:
-            when = time.strftime("%H:%M:%S", time.localtime(planner.soonest_free()))
-            return OsufsError.io(
-                f"set {set_id}: every source is rate limited; the first is free again at {when}"
+        try:
+            return await planner.serve(
+                planner.archive_sources(),
+                DOWNLOAD,
+                lambda source: self._open_at(source, set_id),
+                what=f"set {set_id}",
+                failures=failures,
             )
-        for error in failures:
+        except SourceLimited as error:
+            raise self._give_up(set_id, failures, limited=error) from None
+        except OsufsError:
+            raise self._give_up(set_id, failures) from None
+
+    async def _open_at(self, source: Source, set_id: int) -> RemoteArchive | None:
+        """The set reached at `source`: its listing stored from the archive's tail (or the
+        whole archive, when the source sends it whole, ingested: None)."""
+        context = self._context
+        spool = context.store.archive_spool()
+        try:
+            remote = await source.open_archive(set_id, FIRST_TAIL, spool)
+            if remote is None:
+                await trio.to_thread.run_sync(self._ingest, set_id, spool)
+                return None
+            spool.seek(0)
+            tail = spool.read()  # at most FIRST_TAIL bytes, in memory
+            stored = context.store.listing_get(set_id)
+            if stored is None or stored.provisional:
+                await self._store_listing_from_tail(remote, tail)
+            else:
+                members, _offset = await self._read_directory(remote, tail)
+                where = f"set {set_id} at {source.label}"
+                self._foreign[set_id] = ingest.match_members(stored, members, where)
+            self._reached[set_id] = remote
+            return remote
+        except ArchiveError as error:
+            raise OsufsError.io(f"{source.label}: set {set_id}: {error}") from None
+        finally:
+            spool.close()
+
+    def _give_up(
+        self, set_id: int, failures: list[OsufsError], limited: SourceLimited | None = None
+    ) -> OsufsError:
+        """The error for a set no source served: at once, saying when it could be, when the
+        sources still to ask are resting past the read's deadline."""
+        answers = [error for error in failures if not isinstance(error, SourceLimited)]
+        for error in answers:
             log.info("set %d: %s", set_id, error)
-        if skipped:
-            # A rate-limited source was not asked, so "missing" is not known yet.
-            soonest = planner.soonest_free(after=time.time())
-            when = time.strftime("%H:%M:%S", time.localtime(soonest))
-            failures = [*failures, OsufsError.io(f"the others are rate limited until {when}")]
-        elif all(isinstance(error, SourceMissing) for error in failures):
+        if limited is not None:
+            # A resting source was not asked, so "missing" is not known yet.
+            others = "; ".join(str(error) for error in answers)
+            return OsufsError.io(
+                f"set {set_id}: every source is rate limited; the first is free again at "
+                f"{clock(limited.until)} ({limited}{'; ' + others if others else ''})"
+            )
+        if answers and all(isinstance(error, SourceMissing) for error in answers):
             self._context.store.negative_put(set_id, time.time() + NEGATIVE_TTL)
             return OsufsError.not_found(f"set {set_id} does not exist at any source")
-        refused = [error for error in failures if error.errno == errno.EACCES]
+        refused = [error for error in answers if error.errno == errno.EACCES]
         if refused:
             return refused[0]
-        reasons = "; ".join(str(error) for error in failures)
+        reasons = "; ".join(str(error) for error in answers or failures)
         return OsufsError.io(f"set {set_id}: no source could serve it ({reasons})")
 
     async def _read_directory(
