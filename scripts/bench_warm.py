@@ -41,6 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.counting_mount import COUNTS, tallies  # noqa: E402
 from tests.helpers import Server, mounted  # noqa: E402
 from tests.test_fallback import stock_python  # noqa: E402
 
@@ -183,9 +184,12 @@ def main() -> int:
         cache = workdir / "cache"
         source = ("--source", f"hexide={server.url}")
         with contextlib.ExitStack() as stack:
+            # Every request reaching the no-open mount is counted (tests/counting_mount.py).
+            counts = workdir / "counts.json"
             fast = stack.enter_context(
-                mounted(workdir / "fast", cache, workdir / "fast.log", *source)
-            )
+                mounted(workdir / "fast", cache, workdir / "fast.log", *source,
+                        module="tests.counting_mount", env={COUNTS: str(counts)})
+            )  # fmt: skip
             start = time.perf_counter()
             timed(["grep", "-rc", "", str(fast.mountpoint)])  # cold: fills the cache
             print(f"cold pass through osufs: {time.perf_counter() - start:.1f} s", flush=True)
@@ -211,20 +215,28 @@ def main() -> int:
                     rat_mounted(rat, few_zips, workdir / "rat-few", workdir / "rat.log")
                 ),
             }
-            results = {
-                scan: measure(commands, args.runs)
-                for scan, commands in scans(roots, globs).items()
-            }
+            results, reached = {}, {}
+            for scan, commands in scans(roots, globs).items():
+                before = tallies(fast.process, counts)["counts"]
+                results[scan] = measure(commands, args.runs)
+                after = tallies(fast.process, counts)["counts"]
+                grown = {name: n - before.get(name, 0) for name, n in after.items()}
+                reached[scan] = {name: n for name, n in grown.items() if n}
             load = os.getloadavg()
         server.stop()
-        report(args, results, load)
+        report(args, results, reached, load)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
-def report(args: argparse.Namespace, results: dict, load: tuple[float, ...]) -> None:
+def report(
+    args: argparse.Namespace,
+    results: dict,
+    reached: dict[str, dict[str, int]],
+    load: tuple[float, ...],
+) -> None:
     today = datetime.date.today().isoformat()
     print(
         f"\nwarm scans, {today}, {platform.node()}: {os.cpu_count()} cores, Linux "
@@ -241,6 +253,10 @@ def report(args: argparse.Namespace, results: dict, load: tuple[float, ...]) -> 
         medians = {side: statistics.median(values) for side, values in times.items()}
         row = "".join(f"{medians[side]:12.3f}s" for side in sides)
         print(f"  {scan:<26}{row}   {medians['osufs'] / medians['native']:10.2f}x")
+    print("\nruns (min-max) and requests reaching the no-open osufs in all of a scan's runs:")
+    for scan, times in results.items():
+        spread = ", ".join(f"{side} {min(v):.3f}-{max(v):.3f}" for side, v in times.items())
+        print(f"  {scan:<26}{spread}; osufs requests {reached[scan] or 'none'}")
     print("\nratios to osufs (each side's median / osufs's):")
     for scan, times in results.items():
         medians = {side: statistics.median(values) for side, values in times.items()}
