@@ -5,7 +5,7 @@ Called from the trio thread only."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -14,16 +14,20 @@ from osufs.fetch.members import Members
 from osufs.store import Store
 
 OnOpen = Callable[[int, int], None]
+BeforeFetch = Callable[[int, int], Awaitable[None]]
 
 
 class Handles:
     """Descriptors handed to fs.py, each counted against its set until closed."""
 
-    def __init__(self, store: Store, members: Members, on_open: OnOpen) -> None:
+    def __init__(
+        self, store: Store, members: Members, on_open: OnOpen, before_fetch: BeforeFetch
+    ) -> None:
         self._store = store
         self._members = members
         self._streams = members.streams
         self._on_open = on_open
+        self._before_fetch = before_fetch  # a cold member: read-ahead's turn first
         self._open_files: dict[int, int] = {}  # descriptor -> set id
 
     async def open_file(self, set_id: int, index: int) -> int:
@@ -35,6 +39,9 @@ class Handles:
         try:
             path = self._store.blob_path(set_id, index)
             usage.access(set_id, hit=path is not None)
+            if path is None:
+                await self._before_fetch(set_id, index)
+                path = self._store.blob_path(set_id, index)
             if path is None:
                 stream = await self._members.open_stream(set_id, index)
                 if stream is not None:
