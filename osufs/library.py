@@ -85,7 +85,9 @@ class Library:
         self._read_ahead = ReadAhead(
             context, self._listings, self._members, self._remotes, self.catalogue_page, read_ahead
         )
-        self._handles = Handles(store, self._members, self._read_ahead.note_open)
+        self._handles = Handles(
+            store, self._members, self._read_ahead.note_open, self._read_ahead.before_fetch
+        )
         self._entries = EntryHandles(self._handles)
 
     # the root

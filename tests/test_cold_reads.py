@@ -209,3 +209,23 @@ def test_a_glob_over_cold_set_folders_lists_them_in_parallel(
             assert sorted(asked.values())[:-1] == [1] * 49
     finally:
         server.stop()
+
+
+def test_a_grep_after_the_glob_asks_each_set_for_its_osu_files_once(
+    fifty_sets: Path, tmp_path: Path
+) -> None:
+    server = Server(fifty_sets, tmp_path / "server.log", "--latency", "0.05")
+    try:
+        with mounted_from(server, tmp_path) as mount:
+            found = sorted(glob.glob(str(mount.mountpoint / "*" / "*.osu")))
+            listed = Counter(server.stats()["downloads"])
+            for path in found:  # as `grep -c '' ROOT/*/*.osu` reads them
+                Path(path).read_bytes()
+            asked = Counter(server.stats()["downloads"])
+            # A set's .osu files lie together: one range, by the read-ahead or by the reader
+            # (who waits for a read-ahead already asking), never both. The Shift-JIS set's came
+            # with its listing.
+            more = sorted(asked[set_id] - listed[set_id] for set_id in asked)
+            assert more in ([0] + [1] * 49, [1] * 50)
+    finally:
+        server.stop()

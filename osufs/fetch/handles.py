@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
@@ -21,16 +21,20 @@ OnOpen = Callable[[int, int], None]
 # few files at once), far below the open-file limit mount.py raises.
 CAPACITY = 256
 LEASE = 2.0
+BeforeFetch = Callable[[int, int], Awaitable[None]]
 
 
 class Handles:
     """Descriptors handed to fs.py, each counted against its set until closed."""
 
-    def __init__(self, store: Store, members: Members, on_open: OnOpen) -> None:
+    def __init__(
+        self, store: Store, members: Members, on_open: OnOpen, before_fetch: BeforeFetch
+    ) -> None:
         self._store = store
         self._members = members
         self._streams = members.streams
         self._on_open = on_open
+        self._before_fetch = before_fetch  # a cold member: read-ahead's turn first
         self._open_files: dict[int, int] = {}  # descriptor -> set id
 
     async def open_file(self, set_id: int, index: int) -> int:
@@ -42,6 +46,9 @@ class Handles:
         try:
             path = self._store.blob_path(set_id, index)
             usage.access(set_id, hit=path is not None)
+            if path is None:
+                await self._before_fetch(set_id, index)
+                path = self._store.blob_path(set_id, index)
             if path is None:
                 stream = await self._members.open_stream(set_id, index)
                 if stream is not None:

@@ -4,6 +4,7 @@ folder, the next sets' listings are fetched, as a glob or `find` will want them 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 
@@ -33,6 +34,7 @@ LIST_AHEAD_AT_ONCE = 16
 SPAN_GAP = 64 << 10
 
 NextSets = Callable[[int, int], list[tuple[int, CatalogueRecord]]]
+Span = tuple[int, bytes, list[int]]  # archive offset, its bytes, the entries they hold
 
 
 class ReadAhead:
@@ -55,6 +57,9 @@ class ReadAhead:
         self.read_ahead = read_ahead
         self._pool = trio.CapacityLimiter(max(1, read_ahead))
         self._warmed: set[int] = set()  # sets read ahead (or being read ahead)
+        # Sets whose .osu files a read-ahead is fetching now (the reader's own set from the
+        # moment its read-ahead is started): a reader of one of them waits for it.
+        self._busy: dict[int, trio.Event] = {}
         self._scanned: set[int] = set()  # sets whose .osu a reader opened
         self._list_pool = trio.CapacityLimiter(LIST_AHEAD_AT_ONCE)
         self._listed_ahead: set[int] = set()  # sets listed ahead (or being listed)
@@ -100,6 +105,17 @@ class ReadAhead:
                 log.debug("listing set %d ahead stopped: %s", set_id, error)
                 self._listed_ahead.discard(set_id)
 
+    async def before_fetch(self, set_id: int, index: int) -> None:
+        """A reader is about to fetch a cold member: the read-ahead window moves on first, so
+        the next sets come alongside this one rather than after it, and a .osu that a
+        read-ahead is fetching is waited for, not asked for a second time."""
+        self.note_open(set_id, index)
+        busy = self._busy.get(set_id)
+        listing = self._context.store.listing_get(set_id)
+        if busy is not None and listing is not None and ingest.is_osu(listing.entries[index].name):
+            with trio.move_on_after(self._context.fetch_timeout):
+                await busy.wait()
+
     def note_open(self, set_id: int, index: int) -> None:
         """A reader opened a member: a .osu moves the read-ahead window on to the next sets."""
         if not self.read_ahead or set_id in self._scanned:
@@ -122,43 +138,67 @@ class ReadAhead:
         for next_id in upcoming:
             if next_id not in self._warmed:
                 self._warmed.add(next_id)
-                self._context.nursery.start_soon(self._warm, next_id)
+                if next_id == set_id:
+                    # A reader waits for its own set: it takes no place in the pool.
+                    self._busy[set_id] = trio.Event()
+                    self._context.nursery.start_soon(self._warm, set_id, None)
+                else:
+                    self._context.nursery.start_soon(self._warm, next_id, self._pool)
 
-    async def _warm(self, set_id: int) -> None:
-        with background(patient=False):  # readers first; never a reader's failure
-            await self._warm_in_background(set_id)
+    async def _warm(self, set_id: int, pool: trio.CapacityLimiter | None) -> None:
+        """Fetch the set's .osu files that are not in the store, its archive's in as few ranges
+        as they allow. Only the requests hold a place in `pool`, not the storing after them:
+        a slow disk's fsyncs must not leave the link idle."""
+        got: tuple[dict[int, ZipMember], list[Span]] | None = None
+        try:
+            # Readers first; a read-ahead never becomes a reader's failure. The reader's own
+            # set (no pool) is fetched for that reader, at its priority.
+            ahead = background(patient=False) if pool is not None else contextlib.nullcontext()
+            async with pool or contextlib.nullcontext():
+                self._busy.setdefault(set_id, trio.Event())
+                with ahead:
+                    got = await self._fetch(set_id)
+            if got is not None:
+                await trio.to_thread.run_sync(self._store_spans, set_id, *got)
+        finally:
+            busy = self._busy.pop(set_id, None)
+            if busy is not None:
+                busy.set()
 
-    async def _warm_in_background(self, set_id: int) -> None:
-        async with self._pool:
-            try:
-                listing = await self._listings.listing(set_id)
-            except OsufsError as error:
-                log.debug("read-ahead of set %d stopped: %s", set_id, error)
-                return
-            cached = self._context.store.cached_entries(set_id)
-            wanted = [
-                index
-                for index in listing.children(0)
-                if ingest.is_osu(listing.entries[index].name) and index not in cached
-            ]
-            remote = self._remotes.get(set_id)
-            if remote is None and not self._context.planner.unmetered_available():
-                return  # any member fetched now could spend a metered source's allowance
-            if remote is not None:
-                # Pinned files the archive lacks have only their /osu/ copy: fetched below.
-                in_archive = [index for index in wanted if listing.member(index) is not None]
-                await self._fetch_together(remote, listing, in_archive)
-                wanted = [index for index in wanted if listing.member(index) is None]
-            async with trio.open_nursery() as nursery:  # a set's .osu files in parallel
-                for index in wanted:
-                    nursery.start_soon(self._warm_member, set_id, index)
+    async def _fetch(self, set_id: int) -> tuple[dict[int, ZipMember], list[Span]] | None:
+        """The archive's spans holding the set's uncached .osu files (those only `/osu/` has
+        are fetched and stored here, one by one)."""
+        try:
+            listing = await self._listings.listing(set_id)
+        except OsufsError as error:
+            log.debug("read-ahead of set %d stopped: %s", set_id, error)
+            return None
+        cached = self._context.store.cached_entries(set_id)
+        wanted = [
+            index
+            for index in listing.children(0)
+            if ingest.is_osu(listing.entries[index].name) and index not in cached
+        ]
+        remote = self._remotes.get(set_id)
+        if remote is None and not self._context.planner.unmetered_available():
+            return None  # any member fetched now could spend a metered source's allowance
+        got = None
+        if remote is not None:
+            # Pinned files the archive lacks have only their /osu/ copy: fetched below.
+            in_archive = [index for index in wanted if listing.member(index) is not None]
+            got = await self._read_spans(remote, listing, in_archive)
+            wanted = [index for index in wanted if listing.member(index) is None]
+        async with trio.open_nursery() as nursery:  # a set's .osu files in parallel
+            for index in wanted:
+                nursery.start_soon(self._warm_member, set_id, index)
+        return got
 
-    async def _fetch_together(
+    async def _read_spans(
         self, remote: RemoteArchive, listing: SetListing, indexes: list[int]
-    ) -> None:
-        """Fetch several members in as few ranged requests as their places in the archive
-        allow, then cut, store and index them in one thread call and one commit (a cold scan's
-        round trips, thread hand-offs and fsyncs)."""
+    ) -> tuple[dict[int, ZipMember], list[Span]]:
+        """Several members in as few ranged requests as their places in the archive allow,
+        to be cut, stored and indexed in one thread call and one commit (a cold scan's round
+        trips, thread hand-offs and fsyncs)."""
         foreign = self._remotes.foreign(remote.set_id)
         members = {}
         for index in indexes:
@@ -166,17 +206,15 @@ class ReadAhead:
             member = member if foreign is None else foreign.get(index)
             if member is not None and member.compressed_size <= RANGED_MEMBER_LIMIT:
                 members[index] = member
-        spans: list[tuple[int, bytes, list[int]]] = []
+        spans: list[Span] = []
         try:
             for start, end, group in spans_of(members):
                 spans.append((start, await remote.read(start, end - start), group))
         except OsufsError as error:
             log.debug("read-ahead of set %d: %s", remote.set_id, error)
-        await trio.to_thread.run_sync(self._store_spans, remote.set_id, members, spans)
+        return members, spans
 
-    def _store_spans(
-        self, set_id: int, members: dict[int, ZipMember], spans: list[tuple[int, bytes, list[int]]]
-    ) -> None:
+    def _store_spans(self, set_id: int, members: dict[int, ZipMember], spans: list[Span]) -> None:
         """Cut each member out of the span that holds it, store and index them (blocking)."""
         context = self._context
 
