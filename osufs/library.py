@@ -88,6 +88,10 @@ class Library:
         self._handles = Handles(store, self._members, self._read_ahead.note_open)
         self._entries = EntryHandles(self._handles)
 
+    async def close(self) -> None:
+        """Finish what must outlive the mount's last read (uploads to the shared tier)."""
+        await self._context.shared.drain()
+
     # the root
 
     def catalogue_page(self, after: int, limit: int) -> list[tuple[int, CatalogueRecord]]:

@@ -243,12 +243,13 @@ class S3Client:
                 return found
 
     async def check(self) -> None:
-        """Raise S3Refused for bad credentials and S3Error for a missing bucket or no store."""
-        response = await self._request("HEAD", None)
+        """Raise S3Refused for bad credentials and S3Error for a missing bucket or no store
+        (a one-key LIST: unlike HEAD, its errors say why)."""
+        response = await self._request("GET", None, query={"list-type": "2", "max-keys": "1"})
         if response.status_code == 404:
             raise S3Error.io(f"{self.location}: no such bucket")
         if response.status_code != 200:
-            raise S3Error.io(f"{self.location}: HEAD answered {response.status_code}")
+            raise S3Error.io(f"{self.location}: LIST answered {response.status_code}")
 
     async def create_bucket(self) -> None:
         body = b""

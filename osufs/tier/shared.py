@@ -88,7 +88,7 @@ async def open_tier(settings: TierSettings, *, wait: float = 5.0) -> AsyncIterat
         except S3Refused as error:
             raise SharedRefused(
                 error.errno,
-                f"--shared {settings.location}: {error}; check AWS_ACCESS_KEY_ID and "
+                f"--shared {error}; check AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, the AWS_PROFILE, or --s3-credentials-file",
             ) from None
         yield tier
