@@ -4,6 +4,7 @@ over; the keys never show in argv or logs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -12,13 +13,16 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 from botocore.credentials import Credentials
 
+from osufs.archive import Limits, read_members
+from osufs.listing import build_listing
 from osufs.samples import build_sample_library
 from osufs.tier.s3 import Location, S3Client
-from tests.helpers import Mount, Server, mounted, osufs_command
+from tests.helpers import Mount, Server, free_port, mounted, osufs_command
 from tests.rgw import Radosgw
 
 SETS = 4
@@ -218,3 +222,76 @@ def test_the_keys_are_never_in_argv_or_the_log(
         log = mount.log()
     assert "shared tier" in log
     assert rgw.secret_key not in log and rgw.access_key not in log
+
+
+class BucketNode:
+    """`osufs serve --from s3://…` in its own process, with its own cache."""
+
+    def __init__(self, rgw: Radosgw, bucket: str, cache: Path, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            osufs_command(
+                "serve", "--from", f"s3://{bucket}/group", "--s3-endpoint", rgw.endpoint,
+                "--cache-dir", str(cache), "--port", str(self.port),
+            ),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **keys_env(rgw)},
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.process.poll() is None, log_path.read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(f"{self.url}/_stats", timeout=1).raise_for_status()
+                return
+            assert time.monotonic() < deadline, "osufs serve --from did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(15)
+        self._log.close()
+
+
+def test_two_serve_from_nodes_over_one_bucket_answer_the_same_bytes(
+    rgw: Radosgw, archives: Path, bucket: str, shared_mount, tmp_path: Path
+) -> None:
+    archive = sorted(archives.glob("*.osz"))[2]  # names in code page 932
+    set_id = int(archive.stem)
+    with shared_mount("first") as first:
+        read_set(first.mountpoint, archive)
+        wait_for_members(rgw, bucket, set_id, len(set_files(archive)))
+    nodes = [
+        BucketNode(rgw, bucket, tmp_path / f"node{n}", tmp_path / f"node{n}.log") for n in (1, 2)
+    ]
+    try:
+        bodies = [httpx.get(f"{n.url}/beatmaps/{set_id}/download", timeout=30) for n in nodes]
+        assert [body.status_code for body in bodies] == [200, 200]
+        assert bodies[0].content == bodies[1].content
+        ranged = [
+            httpx.get(
+                f"{n.url}/beatmaps/{set_id}/download",
+                headers={"Range": "bytes=1000-1999"},
+                timeout=30,
+            )
+            for n in nodes
+        ]
+        assert [r.status_code for r in ranged] == [206, 206]
+        assert ranged[0].content == ranged[1].content == bodies[0].content[1000:2000]
+        info = [httpx.get(f"{n.url}/beatmaps/{set_id}", timeout=30).json() for n in nodes]
+        assert info[0] == info[1] and info[0]["versions"]
+        assert httpx.get(f"{nodes[0].url}/beatmaps/999999/download", timeout=30).status_code == 404
+    finally:
+        for node in nodes:
+            node.stop()
+    # The archive lists as the original does: names, sizes, times and bytes.
+    served = tmp_path / "served.osz"
+    served.write_bytes(bodies[0].content)
+    listings = []
+    for path in (archive, served):
+        with open(path, "rb") as file:
+            listings.append(build_listing(read_members(file, Limits())).entries)
+    assert listings[0] == listings[1]
+    assert sorted(set_files(served).values()) == sorted(set_files(archive).values())
