@@ -610,7 +610,7 @@ def prefetch(
             )
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; what was fetched is kept") from None
-        except StoreError as error:
+        except (StoreError, SharedRefused) as error:
             raise click.ClickException(str(error)) from None
     click.echo(
         f"{tally.fetched} fetched, {tally.cached} already cached, {tally.missing} missing, "
