@@ -69,22 +69,27 @@ def test_a_damaged_directory_is_refused() -> None:
 
 
 def test_members_round_trip_and_a_corrupted_blob_is_refused(
-    rgw: Radosgw, caplog: pytest.LogCaptureFixture
+    rgw: Radosgw, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     bucket = new_bucket(rgw)
     body = secrets.token_bytes(300_000)
     digest = hashlib.sha256(body).hexdigest()
     crc = zlib.crc32(body)
+    read = tmp_path / digest
+    read.write_bytes(body)
+    damaged = tmp_path / "damaged"
+    damaged.write_bytes(body[:-1] + b"!")
 
     async def session() -> None:
         tier = tier_at(rgw.endpoint, rgw, bucket)
         other = tier_at(rgw.endpoint, rgw, bucket)
         try:
-
-            async def read() -> bytes:
-                return body
-
+            with caplog.at_level(logging.WARNING):  # the store checks what it is sent
+                assert not await tier.put_member(7, crc, len(body), digest, damaged)
+            assert "our copy is damaged: " in caplog.text and tier.available()
+            assert (await other.objects(7, fresh=True)).members == {}  # no marker either
             assert await tier.put_member(7, crc, len(body), digest, read)
+            await other.objects(7, fresh=True)
             assert await other.has_member(7, crc, len(body))
             out = bytearray()
             assert await other.member(7, crc, len(body), out.extend)

@@ -12,7 +12,6 @@ Called from the trio thread only.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import trio
 
@@ -184,9 +183,7 @@ class Shared:
             if entry.member < 0 or path is None:
                 continue  # a pinned .osu the archive lacks, or evicted meanwhile
             member = listing.members[entry.member]
-            sent = await self.tier.put_member(
-                set_id, member.crc32, member.size, path.name, lambda path=path: _read(path)
-            )
+            sent = await self.tier.put_member(set_id, member.crc32, member.size, path.name, path)
             if not sent and not self.tier.available():
                 return
         if not directory_sent:
@@ -201,10 +198,3 @@ class Shared:
             return True
         return await self.tier.put_directory(set_id, data)
 
-
-async def _read(path: Path) -> bytes | None:
-    """A content file's bytes, or None when eviction took it meanwhile."""
-    try:
-        return await trio.Path(path).read_bytes()
-    except FileNotFoundError:
-        return None
