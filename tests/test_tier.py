@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import socket
 import zlib
 from pathlib import Path
 
@@ -140,3 +141,27 @@ def test_a_bucket_that_does_not_answer_is_passed_over_in_one_line(
     trio.run(session)
     lines = [r for r in caplog.records if r.name == "osufs.tier.shared"]
     assert len(lines) == 1 and "shared tier down" in lines[0].getMessage()
+
+
+def test_a_bucket_that_accepts_but_never_answers_costs_one_wait(
+    rgw: Radosgw, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hung store: the first request waits its bound, the next are not sent."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+
+        async def session() -> None:
+            tier = tier_at(endpoint, rgw, "osufs-silent", wait=1.0)
+            try:
+                with caplog.at_level(logging.WARNING):
+                    assert await tier.objects(5) is None  # waited its bound
+                    assert not tier.available()
+                    assert not await tier.has_member(5, 0, 1)  # not asked: left alone
+            finally:
+                await tier.aclose()
+
+        trio.run(session)
+    downs = [r for r in caplog.records if "shared tier down" in r.getMessage()]
+    assert len(downs) == 1 and "no answer within 1 s" in downs[0].getMessage()
