@@ -610,7 +610,7 @@ def prefetch(
             )
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; what was fetched is kept") from None
-        except StoreError as error:
+        except (StoreError, SharedRefused) as error:
             raise click.ClickException(str(error)) from None
     click.echo(
         f"{tally.fetched} fetched, {tally.cached} already cached, {tally.missing} missing, "
@@ -698,7 +698,28 @@ def umount(mountpoint: Path) -> None:
 
 
 @main.command()
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument(
+    "folder", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option(
+    "--from",
+    "bucket",
+    metavar="s3://BUCKET[/PREFIX]",
+    help="Serve a shared tier's sets instead of a folder (each asked for is fetched from the "
+    "bucket, checked, cached under --cache-dir and written there as an archive); keys and "
+    "--s3-endpoint as for mount --shared.",
+)
+@click.option("--s3-endpoint", metavar="URL", help="The S3 service of --from when not AWS.")
+@click.option(
+    "--s3-credentials-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="File (mode 600, the AWS credentials format) with the keys of --from.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="With --from: this node's cache. [default: the user's cache directory]",
+)
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
@@ -745,7 +766,11 @@ def umount(mountpoint: Path) -> None:
 )
 @click.option("--debug", is_flag=True, help="Log every step, not only what matters.")
 def serve(
-    folder: Path,
+    folder: Path | None,
+    bucket: str | None,
+    s3_endpoint: str | None,
+    s3_credentials_file: Path | None,
+    cache_dir: Path | None,
     port: int,
     host: str,
     latency: float,
@@ -756,10 +781,29 @@ def serve(
     cut_after: int | None,
     debug: bool,
 ) -> None:
-    """Serve a folder of <id>.osz files over the Hexide mirror API."""
+    """Serve a folder of <id>.osz files (or a shared bucket's sets) over the Hexide mirror
+    API."""
     from osufs.server import serve as serve_folder
     from osufs.server import survey
 
+    if (folder is None) == (bucket is None):
+        raise click.UsageError("give a FOLDER or --from s3://BUCKET, one of them")
+    shaping = {
+        "latency": latency,
+        "bandwidth": bandwidth,
+        "link": link,
+        "ranges": not no_ranges,
+        "as_is": as_is,
+        "cut_after": cut_after,
+    }
+    if bucket is not None:
+        tier = shared_settings(bucket, s3_endpoint, s3_credentials_file)
+        assert tier is not None
+        setup_logging(debug, s3_secrets=tier.secrets())
+        _check_port(host, port)
+        _serve_bucket(tier, usable_cache_dir(cache_dir), host, port, shaping)
+        return
+    assert folder is not None
     setup_logging(debug)
     _check_port(host, port)
     try:
@@ -785,12 +829,7 @@ def serve(
                     folder,
                     host,
                     port,
-                    latency=latency,
-                    bandwidth=bandwidth,
-                    link=link,
-                    ranges=not no_ranges,
-                    as_is=as_is,
-                    cut_after=cut_after,
+                    **shaping,
                 )
             )
             log.info("serving %s on http://%s:%d", folder, host, bound)
@@ -799,6 +838,27 @@ def serve(
         try:
             trio.run(run)
         except* OSError as group:  # the port was taken between the check and the bind
+            raise Mistake(f"cannot listen on {host}:{port}: {_first_reason(group)}") from None
+
+
+def _serve_bucket(
+    tier: TierSettings, cache_dir: Path, host: str, port: int, shaping: dict[str, Any]
+) -> None:
+    from osufs.bucket_serve import serve_bucket
+
+    config = MountConfig(cache_dir=cache_dir, sources=[], shared=tier)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(partial(serve_bucket, config, host, port, **shaping))
+            log.info("serving %s on http://%s:%d (cache %s)", tier.location, host, bound, cache_dir)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        try:
+            trio.run(run)
+        except* SharedRefused as group:
+            raise click.ClickException(_first_reason(group)) from None
+        except* OSError as group:
             raise Mistake(f"cannot listen on {host}:{port}: {_first_reason(group)}") from None
 
 

@@ -90,6 +90,10 @@ class Library:
         )
         self._entries = EntryHandles(self._handles)
 
+    async def close(self) -> None:
+        """Finish what must outlive the mount's last read (uploads to the shared tier)."""
+        await self._context.shared.drain()
+
     # the root
 
     def catalogue_page(self, after: int, limit: int) -> list[tuple[int, CatalogueRecord]]:

@@ -113,6 +113,7 @@ async def open_library(config: MountConfig) -> AsyncIterator[Library]:
             nursery.start_soon(_flush_usage_forever, store)
             try:
                 yield library
+                await library.close()
             finally:
                 nursery.cancel_scope.cancel()
 

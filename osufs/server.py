@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import anyio
 import anyio.to_thread
@@ -589,12 +589,19 @@ def _write_end(dst: BinaryIO, count: int, cd_offset: int, cd_size: int) -> None:
 # The folder
 
 
+class ArchiveProvider(Protocol):
+    """What writes a set's archive into the folder when it is first asked for (serve --from)."""
+
+    async def ensure(self, set_id: int) -> None: ...
+
+
 class _Folder:
     """The served folder: per-set indexes cached by (mtime, size), built on first use."""
 
-    def __init__(self, folder: Path, limits: Limits) -> None:
+    def __init__(self, folder: Path, limits: Limits, provider: ArchiveProvider | None) -> None:
         self.folder = folder
         self.limits = limits
+        self.provider = provider
         self._sets: dict[int, _SetIndex] = {}
         self._locks: dict[int, anyio.Lock] = {}
         self._generation = 0
@@ -619,6 +626,8 @@ class _Folder:
 
     async def get(self, set_id: int) -> _SetIndex | None:
         """The set's index, rebuilt when its file changed; None when there is no such file."""
+        if self.provider is not None:
+            await self.provider.ensure(set_id)
         path = self.path(set_id)
         try:
             stat = path.stat()
@@ -867,6 +876,7 @@ def create_app(
     limits: Limits | None = None,
     as_is: bool = False,
     cut_after: int | None = None,
+    provider: ArchiveProvider | None = None,
 ) -> Starlette:
     """The Hexide API over `folder`; counters in `app.state.stats` (a ServerStats).
 
@@ -874,8 +884,9 @@ def create_app(
     archive body is held to; link: bytes per second all archive bodies share (a client's
     downlink); ranges=False ignores Range and omits Accept-Ranges; as_is=True sends whole
     archives unread, readable or not (to test what clients make of broken ones); cut_after:
-    every archive body longer than this many bytes ends there, its connection dropped."""
-    state = _Folder(Path(folder), limits or Limits())
+    every archive body longer than this many bytes ends there, its connection dropped;
+    provider writes a set's archive into the folder when it is first asked for."""
+    state = _Folder(Path(folder), limits or Limits(), provider)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

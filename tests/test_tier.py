@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import socket
 import zlib
 from pathlib import Path
 
@@ -69,22 +70,27 @@ def test_a_damaged_directory_is_refused() -> None:
 
 
 def test_members_round_trip_and_a_corrupted_blob_is_refused(
-    rgw: Radosgw, caplog: pytest.LogCaptureFixture
+    rgw: Radosgw, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     bucket = new_bucket(rgw)
     body = secrets.token_bytes(300_000)
     digest = hashlib.sha256(body).hexdigest()
     crc = zlib.crc32(body)
+    read = tmp_path / digest
+    read.write_bytes(body)
+    damaged = tmp_path / "damaged"
+    damaged.write_bytes(body[:-1] + b"!")
 
     async def session() -> None:
         tier = tier_at(rgw.endpoint, rgw, bucket)
         other = tier_at(rgw.endpoint, rgw, bucket)
         try:
-
-            async def read() -> bytes:
-                return body
-
+            with caplog.at_level(logging.WARNING):  # the store checks what it is sent
+                assert not await tier.put_member(7, crc, len(body), digest, damaged)
+            assert "our copy is damaged: " in caplog.text and tier.available()
+            assert (await other.objects(7, fresh=True)).members == {}  # no marker either
             assert await tier.put_member(7, crc, len(body), digest, read)
+            await other.objects(7, fresh=True)
             assert await other.has_member(7, crc, len(body))
             out = bytearray()
             assert await other.member(7, crc, len(body), out.extend)
@@ -135,3 +141,27 @@ def test_a_bucket_that_does_not_answer_is_passed_over_in_one_line(
     trio.run(session)
     lines = [r for r in caplog.records if r.name == "osufs.tier.shared"]
     assert len(lines) == 1 and "shared tier down" in lines[0].getMessage()
+
+
+def test_a_bucket_that_accepts_but_never_answers_costs_one_wait(
+    rgw: Radosgw, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hung store: the first request waits its bound, the next are not sent."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+
+        async def session() -> None:
+            tier = tier_at(endpoint, rgw, "osufs-silent", wait=1.0)
+            try:
+                with caplog.at_level(logging.WARNING):
+                    assert await tier.objects(5) is None  # waited its bound
+                    assert not tier.available()
+                    assert not await tier.has_member(5, 0, 1)  # not asked: left alone
+            finally:
+                await tier.aclose()
+
+        trio.run(session)
+    downs = [r for r in caplog.records if "shared tier down" in r.getMessage()]
+    assert len(downs) == 1 and "no answer within 1 s" in downs[0].getMessage()

@@ -12,7 +12,6 @@ Called from the trio thread only.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import trio
 
@@ -29,6 +28,9 @@ log = logging.getLogger(__name__)
 # A set's uploads start this long after its last fetch: members read together go together.
 OFFER_DELAY = 1.0
 UPLOADS_AT_ONCE = 2
+# At unmount, uploads still to do get this long to finish (the bucket's own wait bounds each
+# request); what is left is offered again by the next mount that fetches the set.
+DRAIN = 20.0
 
 
 class Shared:
@@ -40,6 +42,9 @@ class Shared:
         self._uploads = trio.CapacityLimiter(UPLOADS_AT_ONCE)
         self._pending: set[int] = set()  # sets with an upload scheduled or running
         self._again: set[int] = set()  # sets fetched into while their upload ran
+        self._hurry = trio.Event()  # set at unmount: pending uploads start at once
+        self._idle = trio.Event()  # set while no upload is pending
+        self._idle.set()
 
     def usable(self) -> bool:
         return self.tier is not None and not self._context.offline and self.tier.available()
@@ -131,12 +136,22 @@ class Shared:
             self._again.add(set_id)
             return
         self._pending.add(set_id)
+        self._idle = trio.Event()
         self._context.nursery.start_soon(self._upload_soon, set_id)
+
+    async def drain(self) -> None:
+        """Finish the uploads still to do, within DRAIN seconds (at unmount)."""
+        self._hurry.set()
+        with trio.move_on_after(DRAIN) as scope:
+            await self._idle.wait()
+        if scope.cancelled_caught:
+            log.info("shared tier: %d sets left to upload at the end", len(self._pending))
 
     async def _upload_soon(self, set_id: int) -> None:
         try:
             while True:
-                await trio.sleep(OFFER_DELAY)
+                with trio.move_on_after(OFFER_DELAY):
+                    await self._hurry.wait()
                 self._again.discard(set_id)
                 async with self._uploads:
                     await self._upload(set_id)
@@ -144,6 +159,8 @@ class Shared:
                     return
         finally:
             self._pending.discard(set_id)
+            if not self._pending:
+                self._idle.set()
 
     async def _upload(self, set_id: int) -> None:
         """The set's .osu files, then its directory, then the rest: a reader that finds the
@@ -166,9 +183,7 @@ class Shared:
             if entry.member < 0 or path is None:
                 continue  # a pinned .osu the archive lacks, or evicted meanwhile
             member = listing.members[entry.member]
-            sent = await self.tier.put_member(
-                set_id, member.crc32, member.size, path.name, lambda path=path: _read(path)
-            )
+            sent = await self.tier.put_member(set_id, member.crc32, member.size, path.name, path)
             if not sent and not self.tier.available():
                 return
         if not directory_sent:
@@ -183,10 +198,3 @@ class Shared:
             return True
         return await self.tier.put_directory(set_id, data)
 
-
-async def _read(path: Path) -> bytes | None:
-    """A content file's bytes, or None when eviction took it meanwhile."""
-    try:
-        return await trio.Path(path).read_bytes()
-    except FileNotFoundError:
-        return None

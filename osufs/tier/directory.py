@@ -13,6 +13,7 @@ from osufs.archive import FLAG_LOST_ZIP64, Limits, ZipMember
 
 _CDH = struct.Struct("<4s6H3I5H2I")  # as osufs.archive reads it
 _EOCD = struct.Struct("<4s4HIIH")
+_LOCAL = struct.Struct("<4s5H3I2H")
 _EXTENDED_TIME = struct.Struct("<HHBI")  # 0x5455, length 5, flags (1: mtime), mtime
 _ZIP64 = 0x0001
 _MAX32 = 0xFFFFFFFF
@@ -23,17 +24,18 @@ class DirectoryTooLarge(ValueError):
     """More members or bytes than a plain end record holds; such a set is not shared."""
 
 
-def encode(members: Sequence[ZipMember]) -> bytes:
-    """The central directory of `members` and an end record placing it just after the last
-    member's data (the least offset the members' own offsets allow)."""
-    cd_offset = max(
-        (
-            m.header_offset + archive.LOCAL_HEADER_SIZE + m.compressed_size
-            for m in members
-            if not m.flags & FLAG_LOST_ZIP64
-        ),
-        default=0,
-    )
+def encode(members: Sequence[ZipMember], cd_offset: int | None = None) -> bytes:
+    """The central directory of `members` and an end record placing it at cd_offset (by
+    default just after the last member's data: the least offset their own offsets allow)."""
+    if cd_offset is None:
+        cd_offset = max(
+            (
+                m.header_offset + archive.LOCAL_HEADER_SIZE + m.compressed_size
+                for m in members
+                if not m.flags & FLAG_LOST_ZIP64
+            ),
+            default=0,
+        )
     if len(members) > 0xFFFF or cd_offset >= _MAX32:
         raise DirectoryTooLarge(f"{len(members)} members, directory at {cd_offset}")
     records = b"".join(_record(member) for member in members)
@@ -58,11 +60,35 @@ def decode(data: bytes, limits: Limits) -> list[ZipMember]:
     return members
 
 
+def local_header(member: ZipMember) -> bytes:
+    """A stored member's local header (no zip64: for members and offsets under 4 GiB)."""
+    dos_time, dos_date = _dos(member.mtime_ns // 1_000_000_000)
+    extra = _time_extra(member)
+    return _LOCAL.pack(
+        b"PK\x03\x04",
+        20,
+        member.flags & 0xFFFF,
+        member.method,
+        dos_time,
+        dos_date,
+        member.crc32,
+        member.compressed_size,
+        member.size,
+        len(member.raw_name),
+        len(extra),
+    ) + member.raw_name + extra
+
+
+def _time_extra(member: ZipMember) -> bytes:
+    seconds = member.mtime_ns // 1_000_000_000
+    if 0 <= seconds < 1 << 32:  # read before the DOS time, so the time is exact
+        return _EXTENDED_TIME.pack(0x5455, 5, 1, seconds)
+    return b""
+
+
 def _record(member: ZipMember) -> bytes:
     seconds = member.mtime_ns // 1_000_000_000
-    extra = b""
-    if 0 <= seconds < 1 << 32:  # read before the DOS time, so the time is exact
-        extra += _EXTENDED_TIME.pack(0x5455, 5, 1, seconds)
+    extra = _time_extra(member)
     lost = bool(member.flags & FLAG_LOST_ZIP64)
     size, csize, offset = member.size, member.compressed_size, member.header_offset
     if lost:

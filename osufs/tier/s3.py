@@ -13,6 +13,7 @@ import errno
 import os
 import stat
 import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -32,6 +33,8 @@ from osufs.errors import OsufsError
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 # Bodies above this are hashed for signing in a worker thread, not on trio's loop.
 THREAD_SIGN = 1 << 20
+STREAM_CHUNK = 1 << 20
+_BODY_MISMATCH = ("XAmzContentSHA256Mismatch", "BadDigest")
 
 
 class S3Error(OsufsError):
@@ -40,6 +43,10 @@ class S3Error(OsufsError):
 
 class S3Refused(S3Error):
     """The store refused our credentials or the bucket's permissions."""
+
+
+class S3BodyRefused(OsufsError):
+    """The store found a body unlike the SHA-256 it was sent with (our copy is damaged)."""
 
 
 class CredentialsError(ValueError):
@@ -132,10 +139,19 @@ class S3Client:
             )
         return url
 
-    def _sign(self, method: str, url: str, headers: dict[str, str], body: bytes) -> dict[str, str]:
+    def _sign(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes,
+        payload_sha256: str | None = None,
+    ) -> dict[str, str]:
         request = AWSRequest(method=method, url=url, data=body, headers=headers)
+        if payload_sha256 is not None:
+            request.context["payload_sha256"] = payload_sha256
         frozen = self._credentials.get_frozen_credentials()
-        S3SigV4Auth(frozen, "s3", self.region).add_auth(request)
+        _Signer(frozen, "s3", self.region).add_auth(request)
         return dict(request.headers.items())
 
     async def _request(
@@ -146,15 +162,24 @@ class S3Client:
         query: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         body: bytes = b"",
+        stream: tuple[Path, str] | None = None,
     ) -> httpx.Response:
+        """One signed request; `stream` is a file sent as the body and its known SHA-256
+        (signed without reading it; the store checks the bytes against it)."""
         url = self._url(key, query)
         headers = dict(headers or {})
-        if len(body) > THREAD_SIGN:
+        content: bytes | AsyncIterator[bytes] = body
+        if stream is not None:
+            path, sha256 = stream
+            headers["Content-Length"] = str(path.stat().st_size)
+            signed = self._sign(method, url, headers, b"", sha256)
+            content = _file_chunks(path)
+        elif len(body) > THREAD_SIGN:
             signed = await trio.to_thread.run_sync(self._sign, method, url, headers, body)
         else:
             signed = self._sign(method, url, headers, body)
         try:
-            response = await self._http.request(method, url, headers=signed, content=body)
+            response = await self._http.request(method, url, headers=signed, content=content)
         except httpx.HTTPError as error:
             raise S3Error.io(f"{self.location}: {type(error).__name__}: {error}") from error
         if response.status_code in (401, 403):
@@ -195,13 +220,23 @@ class S3Client:
             raise S3Error.io(f"{self.location}{key}: HEAD answered {response.status_code}")
         return int(response.headers.get("content-length", "0"))
 
-    async def put(self, key: str, body: bytes, *, replace: bool = False) -> bool:
-        """Store an object unless one exists under the key (If-None-Match: *, where the store
-        honours it) or `replace` is given; True when this call stored it."""
+    async def put(
+        self,
+        key: str,
+        body: bytes = b"",
+        *,
+        replace: bool = False,
+        stream: tuple[Path, str] | None = None,
+    ) -> bool:
+        """Store an object (`body`, or the file of `stream` with its SHA-256) unless one exists
+        under the key (If-None-Match: *, where the store honours it) or `replace` is given;
+        True when this call stored it. FileNotFoundError when the file is gone."""
         headers = {} if replace else {"If-None-Match": "*"}
-        response = await self._request("PUT", key, headers=headers, body=body)
+        response = await self._request("PUT", key, headers=headers, body=body, stream=stream)
         if response.status_code in (409, 412):
             return False
+        if response.status_code == 400 and _error_code(response) in _BODY_MISMATCH:
+            raise S3BodyRefused.io(f"{self.location}{key}: {_error_code(response)}")
         if response.status_code != 200:
             raise S3Error.io(f"{self.location}{key}: PUT answered {response.status_code}")
         return True
@@ -243,12 +278,13 @@ class S3Client:
                 return found
 
     async def check(self) -> None:
-        """Raise S3Refused for bad credentials and S3Error for a missing bucket or no store."""
-        response = await self._request("HEAD", None)
+        """Raise S3Refused for bad credentials and S3Error for a missing bucket or no store
+        (a one-key LIST: unlike HEAD, its errors say why)."""
+        response = await self._request("GET", None, query={"list-type": "2", "max-keys": "1"})
         if response.status_code == 404:
             raise S3Error.io(f"{self.location}: no such bucket")
         if response.status_code != 200:
-            raise S3Error.io(f"{self.location}: HEAD answered {response.status_code}")
+            raise S3Error.io(f"{self.location}: LIST answered {response.status_code}")
 
     async def create_bucket(self) -> None:
         body = b""
@@ -266,6 +302,20 @@ class S3Client:
                 f"{self.location}: creating the bucket answered {response.status_code}"
                 f" ({_error_code(response)})"
             )
+
+
+class _Signer(S3SigV4Auth):
+    """botocore's S3 SigV4, taking a body's SHA-256 given in the request's context instead of
+    reading the body for it."""
+
+    def payload(self, request: AWSRequest) -> str:
+        return request.context.get("payload_sha256") or super().payload(request)
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    async with await trio.open_file(path, "rb") as file:
+        while chunk := await file.read(STREAM_CHUNK):
+            yield chunk
 
 
 def _error_code(response: httpx.Response) -> str | None:

@@ -25,14 +25,21 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
 from botocore.credentials import Credentials
 
-from osufs.tier.s3 import Location, S3Client, S3Error, S3Refused, load_credentials
+from osufs.tier.s3 import (
+    Location,
+    S3BodyRefused,
+    S3Client,
+    S3Error,
+    S3Refused,
+    load_credentials,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +95,7 @@ async def open_tier(settings: TierSettings, *, wait: float = 5.0) -> AsyncIterat
         except S3Refused as error:
             raise SharedRefused(
                 error.errno,
-                f"--shared {settings.location}: {error}; check AWS_ACCESS_KEY_ID and "
+                f"--shared {error}; check AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, the AWS_PROFILE, or --s3-credentials-file",
             ) from None
         yield tier
@@ -230,7 +237,7 @@ class SharedTier:
             return False
         if digest in found.directories:
             return True
-        if await self._put(f"sets/{set_id}/dir.{digest}", data) is None:
+        if await self._put(f"sets/{set_id}/dir.{digest}", len(data), data) is None:
             return False
         found.directories.insert(0, digest)
         return True
@@ -241,10 +248,11 @@ class SharedTier:
         crc32: int,
         size: int,
         digest: str,
-        read: Callable[[], Awaitable[bytes | None]],
+        path: Path,
     ) -> bool:
-        """Store a member's blob (read from the local cache by `read`, None when it is gone),
-        then its marker: a reader never finds a marker without its bytes."""
+        """Store a member's blob (sent from its checked file in the local cache, streamed;
+        the store checks it against its SHA-256), then its marker: a reader never finds a
+        marker without its bytes."""
         found = await self.objects(set_id)
         if found is None:
             return False
@@ -262,24 +270,38 @@ class SharedTier:
         if not present:
             if not self.available():
                 return False
-            body = await read()
-            if body is None or await self._put(blob, body, replace=repair) is None:
+            try:
+                if await self._put(blob, size, replace=repair, stream=(path, digest)) is None:
+                    return False
+            except FileNotFoundError:
+                return False  # evicted meanwhile
+            except S3BodyRefused as error:
+                log.warning("shared tier %s: not sent, our copy is damaged: %s", self, error)
                 return False
             if repair:
                 self._refused_keys.discard(blob)
                 log.info("shared tier %s: %s written anew from this cache", self, blob)
-        if await self._put(f"sets/{set_id}/member.{crc32:08x}.{size}.{digest}", b"") is None:
+        if await self._put(f"sets/{set_id}/member.{crc32:08x}.{size}.{digest}", 0) is None:
             return False
         found.members[(crc32, size)] = digest
         return True
 
     # faults
 
-    async def _put(self, key: str, body: bytes, *, replace: bool = False) -> bool | None:
-        created = await self._guarded(self.client.put(key, body, replace=replace))
+    async def _put(
+        self,
+        key: str,
+        size: int,
+        body: bytes = b"",
+        *,
+        replace: bool = False,
+        stream: tuple[Path, str] | None = None,
+    ) -> bool | None:
+        request = self.client.put(key, body, replace=replace, stream=stream)
+        created = await self._guarded(request)
         if created:
             self.stats.puts += 1
-            self.stats.put_bytes += len(body)
+            self.stats.put_bytes += size
         return created
 
     async def _guarded(self, request: Coroutine[Any, Any, T]) -> T | None:
