@@ -83,8 +83,8 @@ async def _probe(source: Source) -> Finding:
     try:
         said = await source.probe()
     except SourceLimited as error:
-        # Whoever said to wait is not asked again before then (a probe's 429 included).
-        source.rest(error.until, "it said to wait")
+        # A 429 or 418 the probe met is in the source's allowance already (learned from the
+        # answer, shared by every process on the cache): nothing is asked before its time.
         return _limited(source, error)
     except OsufsError as error:
         return _refused(source, error)
@@ -113,10 +113,11 @@ def _limited(source: Source, error: SourceLimited) -> Finding:
             "leave it alone until then (asking sooner prolongs a ban); the other sources "
             "serve meanwhile",
         )
+    why = source.allowance.rest_reason if source.blocked_until > time.time() else ""
     return Finding(
         source.label,
         WARNING,
-        f"rate limited until {until}",
+        f"rate limited until {until}" + (f": {why}" if why else ""),
         "it is asked again after that; the other sources serve meanwhile",
     )
 

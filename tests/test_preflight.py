@@ -173,7 +173,12 @@ def test_a_mirror_whose_allowance_is_spent_is_not_asked_before_its_time(
     assert len(said) == 1, said
     assert "its allowance is spent (0 requests left this minute" in said[0]
     assert "not asked again until" in said[0]
-    # Its headers said so before any 429: nothing more was asked.
+    # The next process on this cache knows it from the index: it does not even probe.
+    with background_mount(tmp_path, "--source", f"catboy={url}") as again:
+        said = lines(again)
+    assert len(said) == 1 and "its rate limit is spent" in said[0], said
+    assert "rate limited until" in said[0]
+    # Its headers said so before any 429: nothing more was asked, by either mount.
     assert state.too_many == 0 and state.teapots == 0
     assert sum(state.requests.values()) == 1
 
