@@ -48,7 +48,7 @@ def test_a_catalogue_past_the_search_cap_syncs_whole_and_resumes(
     # for a rest of 2 s, which the index keeps for the next session).
     state.search_limit, state.search_rest = 120, 2
     with mounted(tmp_path / "mnt", cache, log, *options) as mount:
-        wait_for(lambda: "set list unavailable after 120 pages" in mount.log(), "the cut")
+        wait_for(lambda: "set list unavailable after 120 pages" in mount.log(), "the cut", 120)
         first = len(os.listdir(mount.mountpoint))
     assert first == 120 * state.page_size
     state.search_limit = None
