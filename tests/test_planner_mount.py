@@ -92,9 +92,10 @@ def test_a_grep_reads_every_osu_once_the_mirror_is_spent(
     for set_id, found_set in thirty.items():
         expected = [len(data.splitlines()) for data in osu_files(found_set.archive).values()]
         assert sorted(counted.get(str(set_id), [])) == sorted(expected), set_id
-    # The mirror was spent at once; every .osu came from /osu/, none from an archive.
+    # The mirror's allowance was spent (a window's worth at least); every .osu came from
+    # `/osu/` at either source, none from an archive.
+    assert sum(mino_state.requests.values()) >= mino_state.per_minute
     assert mino_state.requests["download"] == 0
-    assert "its rate limit is spent" in log_text
     assert (mino_state.too_many, mino_state.teapots) == (0, 0)
     assert api_state.limited_api == 0
 
