@@ -212,6 +212,20 @@ def main() -> int:
     alone = 2 * floor
     print(f"  (one allowance alone would take {alone:.1f} s: {wall / alone:.2f}x of that)")
     print(f"grep read {files} of {difficulties} .osu files")
+    asked = [
+        Counter(path.split("?")[0].rsplit("/", 1)[-1] for path in paths)
+        for paths in (
+            [p for p in api.api_requests if "/search" not in p],
+            [p for p in mino.paths if p.startswith("/api/v2/s/")],
+        )
+    ]
+    infos = asked[0] + asked[1]
+    again = sum(count - 1 for count in infos.values())
+    both = len(asked[0].keys() & asked[1].keys())
+    print(
+        f"set infos asked again: {again} of {sum(infos.values())} ({both} sets asked of both "
+        "sources)"
+    )
     print(f"API requests: {dict(api_kinds)} = {sum(api_kinds.values())}")
     print(f"mirror requests: {dict(mino.requests)} = {sum(mino.requests.values())}")
     print(

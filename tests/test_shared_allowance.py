@@ -1,6 +1,7 @@
 """One allowance per source, whoever spends it (issue 14): a real mount and a real `osufs
 prefetch` on one cache directory, both on the loopback Mino of tests/fake_mino.py, together
-stay within its one allowance (no 429, no 418), each seeing what the other spent."""
+stay within its one allowance (no 429, no 418), each seeing what the other spent; and what one
+source of the osu! API's shapes answered is not asked of another."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import httpx
+import trio
+
+from osufs.sources import SourceSpec, build_sources
+from tests.fake_api import CLIENT_ID, CLIENT_SECRET, ApiState, api_app
 from tests.fake_mino import MinoState, mino_app
 from tests.helpers import ThreadedApp, mounted
 from tests.test_api_sources import api_sets, osu_files
@@ -58,3 +65,40 @@ def test_a_mount_and_prefetch_on_one_cache_stay_within_one_allowance(
     # More than two windows' worth: two separate counts would each have allowed that much.
     assert sum(state.requests.values()) > 2 * PER_WINDOW
     assert (state.too_many, state.teapots) == (0, 0), "the two processes overran the mirror"
+
+
+def test_a_set_info_from_the_api_is_not_asked_again_of_the_mirror(archives: Path, tmp_path: Path):
+    sets = api_sets(archives)
+    api, mino = ApiState(sets), MinoState(sets)
+    api_server, mino_server = ThreadedApp(api_app(api)), ThreadedApp(mino_app(mino))
+    settings = SimpleNamespace(
+        sources=[
+            SourceSpec.parse(f"osuapi={api_server.url}"),
+            SourceSpec.parse(f"catboy={mino_server.url}"),
+        ],
+        cookie=None,
+        no_video=False,
+        cache_dir=tmp_path / "cache",
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        catalogue="none",
+    )
+
+    async def main() -> None:
+        async with httpx.AsyncClient() as client:
+            osuapi, catboy = build_sources(client, settings)
+            first = await osuapi.set_difficulties(100001)
+            second = await catboy.set_difficulties(100001)
+            assert second == first
+            await catboy.set_difficulties(100002)
+            assert await osuapi.set_difficulties(100002) is not None
+
+    try:
+        trio.run(main)
+    finally:
+        api_server.stop()
+        mino_server.stop()
+    assert [path for path in api.api_requests if "/beatmapsets/" in path] == [
+        "/api/v2/beatmapsets/100001?"
+    ]
+    assert mino.paths == ["/api/v2/s/100002"], "a set info was asked of both sources"

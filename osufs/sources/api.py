@@ -112,6 +112,7 @@ class OsuApiSource(Source):
         catalogue: str | None = "ranked",
         query: str = "",
         per_minute: float = API_PER_MINUTE,
+        set_infos: SetInfoCache | None = None,
     ) -> None:
         shape = Shape.per_minute(per_minute, API_BURST)
         super().__init__(client, base, no_video=no_video, shape=shape)
@@ -125,7 +126,9 @@ class OsuApiSource(Source):
         self.refused_until = 0.0
         self.catalogue_filter = catalogue
         self.catalogue_query = query
-        self._set_infos = SetInfoCache()
+        # Shared with the other sources of the osu! API's shapes (build_sources): a set's info
+        # asked of one is not asked again of another.
+        self._set_infos = set_infos if set_infos is not None else SetInfoCache()
         self.grants = 0  # tokens obtained
 
     @property

@@ -93,6 +93,7 @@ class MinoSource(MirrorSource):
         catalogue: str | None = None,
         query: str = "",
         per_minute: float = MINO_PER_MINUTE,
+        set_infos: SetInfoCache | None = None,
     ) -> None:
         shape = Shape.per_minute(per_minute, MINO_BURST)
         super().__init__(client, base, name=name, no_video=no_video, shape=shape)
@@ -102,7 +103,9 @@ class MinoSource(MirrorSource):
         self._osu_path = OSU_FILE_PATHS[name]
         self.catalogue_filter = catalogue
         self.catalogue_query = query
-        self._set_infos = SetInfoCache()
+        # Shared with the other sources of the osu! API's shapes (build_sources): a set's info
+        # asked of one is not asked again of another.
+        self._set_infos = set_infos if set_infos is not None else SetInfoCache()
 
     # every request: one allowance
 

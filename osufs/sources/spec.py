@@ -12,7 +12,7 @@ import httpx
 
 from osufs.allowance import Ledger
 from osufs.sources.api import API_PER_MINUTE, CLIENT_MISSING, OSU_SITE, OsuApiSource
-from osufs.sources.base import Source
+from osufs.sources.base import SetInfoCache, Source
 from osufs.sources.hexide import HexideSource
 from osufs.sources.mino import MINO_PER_MINUTE, OSU_FILE_PATHS, MinoSource
 from osufs.sources.mirrors import _NOVIDEO, MIRRORS, MirrorSource, TemplateSource
@@ -101,6 +101,9 @@ def build_sources(
     mirror with Mino's search; a catalogue file is the list unless --catalogue asks for more
     (the sources then name its sets one by one)."""
     built: list[Source] = []
+    # The set infos of every source answering in the osu! API's shapes (the API, Mino,
+    # osu.direct): whichever answered first, no other is asked for the same set.
+    api_shaped = SetInfoCache()
     offline = bool(getattr(settings, "offline", False))
     with_onlinedb = any(spec.kind == "onlinedb" for spec in settings.sources)
     chosen = "none" if with_onlinedb else getattr(settings, "catalogue", None)
@@ -143,6 +146,7 @@ def build_sources(
                     catalogue=catalogue if spec is lister else None,
                     query=getattr(settings, "catalogue_query", None) or "",
                     per_minute=getattr(settings, "api_per_minute", None) or API_PER_MINUTE,
+                    set_infos=api_shaped,
                 )
             )
         elif spec.kind in OSU_FILE_PATHS:
@@ -155,6 +159,7 @@ def build_sources(
                     catalogue=catalogue if spec is lister else None,
                     query=getattr(settings, "catalogue_query", None) or "",
                     per_minute=getattr(settings, "mirror_per_minute", None) or MINO_PER_MINUTE,
+                    set_infos=api_shaped,
                 )
             )
         elif spec.kind in MIRRORS:
