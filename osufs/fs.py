@@ -268,7 +268,8 @@ class Operations(pyfuse3.Operations):
         into the reply at once, so one object serves every entry (building a fresh one cost
         about 1 µs an entry)."""
         root = await self._root.entries()
-        self._kernel.served_root(self._root.stamp)
+        if self.supports_no_open:
+            self._kernel.served_root(self._root.stamp)
         itself = self._root_attributes(root.newest)
         if not self._reply_dots(token, start_id, itself, itself):
             return

@@ -184,6 +184,7 @@ def main() -> int:
         cache = workdir / "cache"
         source = ("--source", f"hexide={server.url}")
         with contextlib.ExitStack() as stack:
+            stack.callback(server.stop)  # last: after every mount is down
             # Every request reaching the no-open mount is counted (tests/counting_mount.py).
             counts = workdir / "counts.json"
             fast = stack.enter_context(
@@ -223,7 +224,6 @@ def main() -> int:
                 grown = {name: n - before.get(name, 0) for name, n in after.items()}
                 reached[scan] = {name: n for name, n in grown.items() if n}
             load = os.getloadavg()
-        server.stop()
         report(args, results, reached, load)
     finally:
         if not args.keep:
