@@ -93,33 +93,30 @@ def scan_set(folder: Path, report: ScanReport, media: bool) -> None:
             except OSError as error:
                 report.errors.append(f"{dirpath}/{name}: {error.strerror}")
     entries = sorted(os.listdir(folder))
-    now = time.monotonic()
-    report.listing_seconds += now - began
+    report.listing_seconds += time.monotonic() - began
     for entry in entries:
         if not entry.lower().endswith(".osu"):
             continue
-        began = now
+        began = time.monotonic()
         try:
             data = (folder / entry).read_bytes()
         except OSError as error:
             report.errors.append(f"{folder / entry}: {error.strerror}")
             continue
         finally:
-            now = time.monotonic()
-            report.osu_seconds += now - began
+            report.osu_seconds += time.monotonic() - began
         report.osu_files += 1
         report.bytes_read += len(data)
         hashlib.md5(data).hexdigest()  # what osu! stores in osu!.db
         audio, preview, background = referenced(data.decode("utf-8", "replace"))
         if not media:
             continue
-        began = now
+        began = time.monotonic()
         if audio:
             read(folder / audio.replace("\\", "/"), preview, report)
         if background:
             read(folder / background.replace("\\", "/"), None, report)
-        now = time.monotonic()
-        report.media_seconds += now - began
+        report.media_seconds += time.monotonic() - began
 
 
 def bytes_sent(stats_url: str | None) -> int | None:

@@ -24,6 +24,7 @@ BIG = 24 << 20
 LINK = 24_000_000  # bytes a second: the big member takes about a second to arrive
 SET_ID = 4242
 BAD_CRC_SET = 4243
+NOISE_SET = 4244  # a deflated member that does not compress: 2 MiB to inflate from its start
 
 
 def media(size: int, seed: int) -> bytes:
@@ -39,6 +40,7 @@ def contents() -> dict[int, dict[str, bytes]]:
             "video.avi": media(4 << 20, 2),
         },
         BAD_CRC_SET: {"a (b) [c].osu": osu_text("Bad"), "audio.mp3": media(4 << 20, 3)},
+        NOISE_SET: {"a (b) [c].osu": osu_text("Noise"), "video.avi": os.urandom(2 << 20)},
     }
 
 
@@ -180,6 +182,32 @@ def test_a_connection_dropped_mid_member_is_resumed(
             wait_cached(path)
             assert server.stats()["cut_short"] >= 4
             assert "resuming at byte" in mount.log()
+    finally:
+        server.stop()
+
+
+def test_a_source_that_keeps_closing_mid_member_fails_the_read_within_the_deadline(
+    archives: Path, tmp_path: Path, contents: dict
+) -> None:
+    expected = contents[NOISE_SET]["video.avi"]
+    # Every body closed after 32 KiB: the deflated video resumes again and again, 100 ms a
+    # time, far slower than the 2 s a reader waits for its bytes at the end of it (or, when
+    # resumes bring nothing new, it fails after three).
+    server = Server(archives, tmp_path / "server.log", "--cut-after", str(32 << 10),
+                    "--latency", "0.1")  # fmt: skip
+    try:
+        with mounted_from(server, tmp_path, "--fetch-timeout", "2") as mount:
+            path = set_dir(mount.mountpoint, NOISE_SET) / "video.avi"
+            with open(path, "rb") as file:
+                file.seek(len(expected) - 4096)
+                with pytest.raises(OSError) as failed:
+                    file.read(4096)
+            assert failed.value.errno == errno.EIO
+            assert server.stats()["cut_short"] >= 2
+            log = mount.log()
+            assert "resuming at byte" in log
+            assert "did not come in 2.0 s" in log or "member 2: dropped" in log
+            assert os.getxattr(path, "user.osufs.cached") == b"no"
     finally:
         server.stop()
 
