@@ -74,7 +74,8 @@ def setup_logging(
     for s3_secret in s3_secrets:
         handler.addFilter(_Redact(s3_secret, "<s3 credential>"))
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler])
-    for noisy in ("httpx", "httpcore", "hpack", "hypercorn.access"):
+    # botocore logs each canonical request and signature at debug level: never wanted.
+    for noisy in ("httpx", "httpcore", "hpack", "hypercorn.access", "botocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

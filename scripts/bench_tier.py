@@ -78,14 +78,16 @@ def run_mounts(
 
 
 async def range_latencies(
-    s3: S3Client, server: Server, set_id: int, key: str, samples: int
+    s3: S3Client, server: Server, archive: Path, key: str, size: int, samples: int
 ) -> dict[str, float]:
-    """Median milliseconds of one 64 KiB ranged GET from the bucket and from upstream."""
+    """Median milliseconds of one 64 KiB ranged GET from the bucket (of the largest blob)
+    and from upstream (of an archive), at places spread over both."""
     bucket, upstream = [], []
+    span = min(size, archive.stat().st_size) - RANGE
     async with httpx.AsyncClient() as client:
-        url = f"{server.url}/beatmaps/{set_id}/download"
+        url = f"{server.url}/beatmaps/{archive.stem}/download"
         for n in range(samples):
-            start = (n * 7919) % 1_000_000
+            start = (n * 7919) % span
             began = time.perf_counter()
             await s3.get(key, start, RANGE)
             bucket.append(time.perf_counter() - began)
@@ -137,7 +139,10 @@ def main() -> None:
                 async def latencies() -> dict[str, float]:
                     listed = await s3.list("blobs/")
                     big = max(listed, key=lambda item: item.size)
-                    result = await range_latencies(s3, server, ids[0], big.key, args.samples)
+                    archive = archives / f"{ids[0]}.osz"
+                    result = await range_latencies(
+                        s3, server, archive, big.key, big.size, args.samples
+                    )
                     await s3.aclose()
                     return result
 

@@ -240,6 +240,7 @@ def test_the_keys_are_never_in_argv_or_the_log(
     for log in (mount.log(), seeded[1].read_text()):  # a debug log, and the seeding uploads
         assert "shared tier" in log
         assert rgw.secret_key not in log and rgw.access_key not in log
+        assert "Signature" not in log and "AWS4-HMAC-SHA256" not in log  # nor what they sign
 
 
 class BucketNode:
