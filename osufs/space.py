@@ -7,12 +7,19 @@ written. The store evicts to make room, or refuses with ENOSPC (store.Store.make
 
 from __future__ import annotations
 
+import math
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 KEEP_FREE = 0.10
+# After a measure, writes are granted from what it found for up to this many bytes or seconds
+# before the file system is asked again (a statvfs per small .osu would cost an import more than
+# its writes); other processes' writes are seen at the next measure.
+RECHECK_BYTES = 16 << 20
+RECHECK_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +59,15 @@ class SpaceBound:
 class Room:
     """What the file system under `folder` has free above the bound, for writes about to
     start; the promises made to writes still under way are counted until their file is gone
-    (renamed into content/ or removed). Any thread may call it."""
+    (renamed into content/ or removed) or wholly written. Any thread may call it."""
 
     def __init__(self, folder: Path, fraction: float = KEEP_FREE) -> None:
         self.folder = folder
         self.fraction = fraction
         self._lock = threading.Lock()
         self._promised: dict[Path, int] = {}
+        self._slack = 0  # bytes grantable without measuring again, until _measured is old
+        self._measured = -math.inf
 
     def filesystem(self) -> tuple[int, int, int]:
         """(size, free, bytes to keep free) of the file system, in bytes."""
@@ -70,10 +79,15 @@ class Room:
         """Promise `size` bytes to the write of `path` if they fit above the bound: 0. Else
         nothing is promised and the answer is how many bytes are missing."""
         with self._lock:
-            _size, free, keep = self.filesystem()
-            missing = size - (free - keep - self._outstanding())
-            if missing > 0:
-                return missing
+            now = time.monotonic()
+            if size > self._slack or now - self._measured >= RECHECK_SECONDS:
+                _size, free, keep = self.filesystem()
+                room = free - keep - self._outstanding()
+                if size > room:
+                    self._slack, self._measured = 0, -math.inf
+                    return size - room
+                self._slack, self._measured = min(room, RECHECK_BYTES), now
+            self._slack -= size
             if path is not None and size:
                 self._promised[path] = size
             return 0
@@ -87,5 +101,8 @@ class Room:
             except FileNotFoundError:
                 del self._promised[path]  # committed or removed: its bytes count as they are
                 continue
-            owed += max(size - written, 0)
+            if written >= size:
+                del self._promised[path]  # all on the disk: statvfs counts it from now on
+                continue
+            owed += size - written
         return owed

@@ -280,16 +280,16 @@ def test_network_down_cached_reads_never_reach_for_it(server: Server, expected, 
             tmp_path / "mnt", cache, tmp_path / "mount.log", "--source", f"hexide={down.url}",
             "--fetch-timeout", "5",
         ) as m:  # fmt: skip
-            probed = down.connections  # the preflight's, before the mount was up
+            preflight = down.connections  # the mount's one probe of each source, at start
             assert len(os.listdir(m.mountpoint)) == SETS
             for _ in range(3):
                 for set_id in (FIRST, FIRST + 3):
                     assert read_set(m.mountpoint, set_id) == expected[set_id]
-            assert down.connections == probed
+            assert down.connections == preflight
             with pytest.raises(OSError) as caught:
                 os.listdir(m.mountpoint / str(FIRST + 7))
             assert caught.value.errno == errno.EIO
-            assert down.connections > probed, "the uncached set did not even try"
+            assert down.connections > preflight, "the uncached set did not even try"
     finally:
         down.close()
 

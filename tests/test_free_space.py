@@ -8,12 +8,14 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from osufs.fetch.handles import LEASE
 from osufs.samples import build_sample_library
 from osufs.store import Store
 from tests.helpers import Server, mounted, osufs_command
@@ -68,7 +70,7 @@ def test_reads_past_the_disk_keep_a_tenth_free_and_serve_every_byte_right(
     small_disk: Path, tmp_path: Path
 ):
     archives = tmp_path / "archives"
-    ids = build_sample_library(archives, count=12, audio_size=2_000_000)
+    ids = build_sample_library(archives, count=10, audio_size=2_000_000)
     total = sum(len(d) for i in ids for d in members(archives / f"{i}.osz").values())
     assert total > DISK  # the library cannot fit: the bound must evict
     server = Server(archives, tmp_path / "server.log")
@@ -83,6 +85,10 @@ def test_reads_past_the_disk_keep_a_tenth_free_and_serve_every_byte_right(
                 for name, data in members(archive).items():
                     assert (root / name).read_bytes() == data, (set_id, name)
                     lowest = min(lowest, free_bytes(small_disk))
+                # Without OPEN and RELEASE (the patched pyfuse3), a set read within a lease
+                # counts as open, and open sets are never evicted: let the lease end, as it
+                # does between a player's songs.
+                time.sleep(LEASE + 0.5)
             log = mount.log()
     finally:
         server.stop()
