@@ -280,7 +280,7 @@ def test_limits_are_options(archives: Path, tmp_path: Path) -> None:
 def test_limit_options_reach_the_mount(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The config file's limits, overridden by flags, become the mount's `Limits`."""
     started: list[MountConfig] = []
-    monkeypatch.setattr(cli.trio, "run", lambda _main, config, _ready: started.append(config))
+    monkeypatch.setattr(cli.trio, "run", lambda _main, config, *_callbacks: started.append(config))
     settings = tmp_path / "config.toml"
     settings.write_text('max_member_size = "2G"\nmax_ratio = 20\n')
     (tmp_path / "mnt").mkdir()
