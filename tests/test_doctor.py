@@ -5,16 +5,14 @@ sources (none provoked into a 429 or a 418)."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.fake_api import ApiState, api_app
-from tests.fake_mino import MinoState, mino_app
+from tests.fake_mino import MinoState
 from tests.helpers import ThreadedApp, free_port, osufs_command
 from tests.test_api_sources import api_sets
 from tests.test_api_sources import archives as archives  # the module's fixture, shared
+from tests.test_preflight import mino as mino
 
 
 def doctor(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -22,16 +20,6 @@ def doctor(*args: str, config: Path | None = None) -> subprocess.CompletedProces
     return subprocess.run(
         osufs_command(*first, "doctor", *args), capture_output=True, text=True, timeout=120
     )
-
-
-@pytest.fixture
-def mino(archives: Path) -> Iterator[tuple[MinoState, str]]:
-    state = MinoState(api_sets(archives))
-    server = ThreadedApp(mino_app(state))
-    try:
-        yield state, server.url
-    finally:
-        server.stop()
 
 
 def test_a_good_setup(mino: tuple[MinoState, str], tmp_path: Path):

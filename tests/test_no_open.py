@@ -12,7 +12,7 @@ from pathlib import Path
 
 from osufs.fs import NO_OPEN
 from tests.counting_mount import COUNTS, tallies
-from tests.helpers import Server, mounted
+from tests.helpers import Server, drop_pages, mounted
 from tests.test_cache_mount import (
     FIRST,
     QUIET,
@@ -58,17 +58,6 @@ def test_warm_reads_and_listings_never_reach_the_daemon(server: Server, expected
         files = sum(len(expected[set_id]) for set_id in (FIRST, FIRST + 1))
         assert warm["open"] == 3 * files  # (the last RELEASE may still be on its way)
         assert warm["opendir"] >= 3 * (1 + 2)
-
-
-def drop_pages(folder: Path) -> None:
-    """Forget every file's pages, so the next reads reach the mount."""
-    for dirpath, _dirs, files in os.walk(folder):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
 
 
 def test_eviction_during_reads_never_gives_wrong_bytes(server: Server, expected, tmp_path):
