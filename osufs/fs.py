@@ -269,7 +269,7 @@ class Operations(pyfuse3.Operations):
         about 1 µs an entry)."""
         root = await self._root.entries()
         if self.supports_no_open:
-            self._kernel.served_root(self._root.stamp)
+            await self._kernel.served_root(self._root.stamp)
         itself = self._root_attributes(root.newest)
         if not self._reply_dots(token, start_id, itself, itself):
             return

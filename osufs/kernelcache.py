@@ -6,7 +6,9 @@ change under an inode, so only listings need telling: the root when the catalogu
 a set folder listed while provisional once its archive completes it; and a streamed member's
 pages, served before its check, when it fails it. Listings served are noted
 here; a change this process makes is pushed before the request that made it is answered, and
-a change another process makes (two mounts sharing one cache) within WATCH_INTERVAL.
+a change another process makes (two mounts sharing one cache) as soon as its commit wakes the
+index watch. A root listing answered in several requests from two states of the catalogue is
+dropped at the request that sees the second, so the kernel never keeps a mixed one.
 
 Trio thread only; pyfuse3.invalidate_inode blocks, so it runs in a worker thread. A file's
 pages are dropped by a task of their own, never awaited by a request: invalidating them from
@@ -27,8 +29,6 @@ from osufs.library import Library
 
 log = logging.getLogger(__name__)
 
-WATCH_INTERVAL = 1.0
-
 
 class KernelListings:
     """The listings the kernel holds: the root's catalogue stamp, and provisional set folders
@@ -46,7 +46,13 @@ class KernelListings:
         """A streamed member failed its check: drop its pages, in the background."""
         self._refused.send_nowait(self._set_inode(set_id, index))
 
-    def served_root(self, stamp: object) -> None:
+    async def served_root(self, stamp: object) -> None:
+        """Note the catalogue a root READDIR was answered from. If the kernel's copy already
+        holds entries of another (it changed between the requests of one listing, or two
+        listings ran at once), drop that copy: the next listing is asked for whole again."""
+        if self._root_stamp is not None and stamp != self._root_stamp:
+            log.debug("root listed across a catalogue change; the kernel's copy dropped")
+            await _invalidate(pyfuse3.ROOT_INODE)
         self._root_stamp = stamp
 
     def served_provisional(self, set_id: int, directory: int) -> None:
@@ -87,14 +93,18 @@ class KernelListings:
             await _invalidate(inode)
 
     async def _watch_listings(self) -> None:
-        while True:
-            await trio.sleep(WATCH_INTERVAL)
-            await self.catalogue_changed()
-            completed = self._library.listings_completed()
-            if completed != self._completed:
-                self._completed = completed
-                for set_id in list(self._provisional):
-                    await self.set_completed(set_id)
+        with self._library.watch_index() as index:
+            while True:
+                await index.changed()
+                await self._changed_elsewhere()
+
+    async def _changed_elsewhere(self) -> None:
+        await self.catalogue_changed()
+        completed = self._library.listings_completed()
+        if completed != self._completed:
+            self._completed = completed
+            for set_id in list(self._provisional):
+                await self.set_completed(set_id)
 
 
 async def _invalidate(inode: int) -> None:

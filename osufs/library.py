@@ -28,6 +28,7 @@ from osufs.fetch.readahead import READ_AHEAD_SETS, ReadAhead
 from osufs.fetch.remote import Remotes
 from osufs.fetch.shared import Shared
 from osufs.flights import Flights
+from osufs.indexwatch import IndexWatch
 from osufs.listing import SetListing
 from osufs.sources import Source
 from osufs.store import CatalogueRecord, Store
@@ -172,6 +173,10 @@ class Library:
     def stored_listing(self, set_id: int) -> SetListing | None:
         """The set's listing if one is stored; never asks a source."""
         return self._store.listing_get(set_id)
+
+    def watch_index(self) -> IndexWatch:
+        """Wakes its caller at each commit to the index, by any process (see IndexWatch)."""
+        return IndexWatch(self._store.index_file)
 
     def listings_completed(self) -> int:
         """Provisional listings completed so far by any process (see Store)."""

@@ -347,6 +347,7 @@ class Store:
         self._guard = _MapGuard()
         # metasync=False keeps integrity and halves fsyncs; a system crash may undo the last commit.
         self.env = lmdb.open(str(root / "index"), map_size=map_size, max_dbs=16, metasync=False)
+        self.index_file = root / "index" / "data.mdb"  # what every commit writes to
         (
             self._catalogue,
             self._listings,
