@@ -9,6 +9,8 @@ here; a change this process makes is pushed before the request that made it is a
 a change another process makes (two mounts sharing one cache) as soon as its commit wakes the
 index watch. A root listing answered in several requests from two states of the catalogue is
 dropped at the request that sees the second, so the kernel never keeps a mixed one.
+A request that finds a change already being pushed (by the index watch, woken by this very
+commit) waits for that push to finish: until then the kernel may still serve the old listing.
 
 Trio thread only; pyfuse3.invalidate_inode blocks, so it runs in a worker thread. A file's
 pages are dropped by a task of their own, never awaited by a request: invalidating them from
@@ -41,6 +43,7 @@ class KernelListings:
         self._provisional: dict[int, set[int]] = {}
         self._completed = library.listings_completed()
         self._refused, self._refused_inodes = trio.open_memory_channel[int](math.inf)
+        self._pushing = trio.Lock()  # one check-and-invalidate of listings at a time
 
     def refused(self, set_id: int, index: int) -> None:
         """A streamed member failed its check: drop its pages, in the background."""
@@ -63,6 +66,10 @@ class KernelListings:
 
     async def set_completed(self, set_id: int) -> None:
         """Drop a provisional set's cached folders once its stored listing is complete."""
+        async with self._pushing:
+            await self._drop_completed(set_id)
+
+    async def _drop_completed(self, set_id: int) -> None:
         directories = self._provisional.get(set_id)
         if directories is None:
             return
@@ -75,11 +82,13 @@ class KernelListings:
             await _invalidate(self._set_inode(set_id, index))
 
     async def catalogue_changed(self) -> None:
-        """Drop the root's cached listing if the catalogue moved since it was served."""
-        if self._root_stamp is None or self._root_stamp == self._library.catalogue_stamp():
-            return
-        self._root_stamp = None  # the next readdir notes the new one
-        await _invalidate(pyfuse3.ROOT_INODE)
+        """Drop the root's cached listing if the catalogue moved since it was served; return
+        only once the kernel's copy is gone, whoever noticed the change first."""
+        async with self._pushing:
+            if self._root_stamp is None or self._root_stamp == self._library.catalogue_stamp():
+                return
+            self._root_stamp = None  # the next readdir notes the new one
+            await _invalidate(pyfuse3.ROOT_INODE)
 
     async def watch(self) -> None:
         """Push changes made without a request to this mount: background work, other mounts;
