@@ -54,3 +54,6 @@ if [ "$(installed_version .venv/bin/python)" != "$patched_version" ] || [ ! -d "
   .venv/bin/python -m pip install -q --force-reinstall --no-deps "$build"/dist/pyfuse3-*.whl
 fi
 .venv/bin/python -m pip install -q -e '.[test]'
+# An editable install leaves osufs's own bytecode to the first import, which writes none where
+# PYTHONDONTWRITEBYTECODE is set: compiled here, a mount's start does not pay 0.3 s compiling.
+.venv/bin/python -m compileall -q osufs
