@@ -1,4 +1,6 @@
-"""A small S3 client: httpx for the transport, botocore for SigV4 signing and credentials.
+"""A small S3 client: httpx for the transport, botocore for SigV4 signing and credentials
+(osufs/tier/sigv4.py, imported only once S3 is used: botocore takes 0.12 s to import, which
+every mount's start would otherwise pay).
 
 Only what the shared tier needs: GET (with ranges), HEAD, PUT (conditional where the store
 offers it), LIST (v2) and bucket creation. Path-style addressing with `--s3-endpoint` (RGW,
@@ -15,20 +17,16 @@ import stat
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 import httpx
 import trio
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import (
-    CredentialResolver,
-    Credentials,
-    EnvProvider,
-    SharedCredentialProvider,
-)
 
 from osufs.errors import OsufsError
+
+if TYPE_CHECKING:
+    from botocore.credentials import Credentials
 
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 # Bodies above this are hashed for signing in a worker thread, not on trio's loop.
@@ -84,6 +82,8 @@ def load_credentials(credentials_file: Path | None = None) -> Credentials:
     default), else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, else a profile of the usual
     credentials file (AWS_SHARED_CREDENTIALS_FILE, ~/.aws/credentials). Nothing that asks
     the network (instance metadata, SSO) is consulted."""
+    from osufs.tier import sigv4
+
     profile = os.environ.get("AWS_PROFILE", "default")
     if credentials_file is not None:
         if credentials_file.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -91,11 +91,10 @@ def load_credentials(credentials_file: Path | None = None) -> Credentials:
                 f"{credentials_file} can be read by other users; it holds S3 keys. "
                 f"Run: chmod 600 {credentials_file}"
             )
-        providers = [SharedCredentialProvider(str(credentials_file), profile)]
+        found = sigv4.resolve_credentials([str(credentials_file)], profile, environment=False)
     else:
         shared = os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")
-        providers = [EnvProvider(), SharedCredentialProvider(os.path.expanduser(shared), profile)]
-    found = CredentialResolver(providers).load_credentials()
+        found = sigv4.resolve_credentials([os.path.expanduser(shared)], profile, environment=True)
     if found is None:
         where = credentials_file or "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws/credentials"
         raise CredentialsError(f"no S3 credentials found (looked in {where})")
@@ -118,9 +117,12 @@ class S3Client:
         region: str | None = None,
         timeout: float = 10.0,
     ) -> None:
+        from osufs.tier.sigv4 import sign
+
         self.location = location
         self.region = region or region_from_environment()
         self._credentials = credentials
+        self._signed = sign
         if endpoint is not None:
             self._base = f"{endpoint.rstrip('/')}/{quote(location.bucket)}"
         else:
@@ -147,12 +149,9 @@ class S3Client:
         body: bytes,
         payload_sha256: str | None = None,
     ) -> dict[str, str]:
-        request = AWSRequest(method=method, url=url, data=body, headers=headers)
-        if payload_sha256 is not None:
-            request.context["payload_sha256"] = payload_sha256
-        frozen = self._credentials.get_frozen_credentials()
-        _Signer(frozen, "s3", self.region).add_auth(request)
-        return dict(request.headers.items())
+        return self._signed(
+            self._credentials, self.region, method, url, headers, body, payload_sha256
+        )
 
     async def _request(
         self,
@@ -302,14 +301,6 @@ class S3Client:
                 f"{self.location}: creating the bucket answered {response.status_code}"
                 f" ({_error_code(response)})"
             )
-
-
-class _Signer(S3SigV4Auth):
-    """botocore's S3 SigV4, taking a body's SHA-256 given in the request's context instead of
-    reading the body for it."""
-
-    def payload(self, request: AWSRequest) -> str:
-        return request.context.get("payload_sha256") or super().payload(request)
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:

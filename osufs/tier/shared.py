@@ -27,10 +27,9 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
-from botocore.credentials import Credentials
 
 from osufs.tier.s3 import (
     Location,
@@ -40,6 +39,9 @@ from osufs.tier.s3 import (
     S3Refused,
     load_credentials,
 )
+
+if TYPE_CHECKING:
+    from botocore.credentials import Credentials
 
 log = logging.getLogger(__name__)
 
