@@ -1,3 +1,3 @@
-from osufs.cli import main
+from osufs.entry import main
 
-main(prog_name="osufs")
+main()

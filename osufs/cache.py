@@ -25,6 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from osufs import tls
 from osufs.space import SpaceBound
 from osufs.store import Store, StoreError
 
@@ -379,7 +380,8 @@ def _import_db(root: Path, location: str | None) -> Any:
 
     async def fetch() -> None:
         headers = {"User-Agent": f"osufs/{__version__}"}
-        async with httpx.AsyncClient(headers=headers, timeout=120.0) as client:
+        client = httpx.AsyncClient(verify=tls.context(), headers=headers, timeout=120.0)
+        async with client:
             await ensure_copy(copy, location, client)
 
     trio.run(fetch)

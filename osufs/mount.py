@@ -21,7 +21,7 @@ import httpx
 import pyfuse3
 import trio
 
-from osufs import __version__, overlay
+from osufs import __version__, overlay, tls
 from osufs.archive import Limits
 from osufs.errors import OsufsError
 from osufs.fs import Operations, mode_line
@@ -90,7 +90,9 @@ async def open_library(config: MountConfig) -> AsyncIterator[Library]:
         timeout = httpx.Timeout(config.fetch_timeout, connect=min(10.0, config.fetch_timeout))
         headers = {"User-Agent": f"osufs/{__version__}"}
         async with (
-            httpx.AsyncClient(timeout=timeout, headers=headers, follow_redirects=False) as client,
+            httpx.AsyncClient(
+                verify=tls.context(), timeout=timeout, headers=headers, follow_redirects=False
+            ) as client,
             _shared_tier(config) as shared,
             trio.open_nursery() as nursery,
         ):

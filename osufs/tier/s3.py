@@ -23,6 +23,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 import trio
 
+from osufs import tls
 from osufs.errors import OsufsError
 
 if TYPE_CHECKING:
@@ -127,7 +128,9 @@ class S3Client:
             self._base = f"{endpoint.rstrip('/')}/{quote(location.bucket)}"
         else:
             self._base = f"https://{location.bucket}.s3.{self.region}.amazonaws.com"
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)))
+        self._http = httpx.AsyncClient(
+            verify=tls.context(), timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0))
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
