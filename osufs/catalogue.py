@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import time
+from array import array
 from bisect import bisect_right
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,6 @@ CURSORS_FILE = "catalogue-cursors.json"
 RESYNC_AFTER = 3600.0
 # While the first mount waits for a catalogue file's names, a progress line this often.
 PROGRESS_EVERY = 5.0
-# Listed sets checked against the index this many to a read, a checkpoint between reads.
-UNKNOWN_CHUNK = 4096
 _SET_URL = re.compile(r"/(?:beatmapsets|s)/([0-9]+)")
 
 
@@ -95,6 +94,14 @@ class Catalogue:
                 if len(page) >= limit:
                     break
         return page
+
+    def columns(self) -> tuple[array[int], array[int], list[bytes]]:
+        """What page() lists, whole: ids, mtimes (ns) and encoded folder names in id order."""
+        if self._listed_ids is not None:
+            return self.store.catalogue_columns(self._listed_ids)
+        if self._listed is not None:
+            return self.store.catalogue_columns(frozenset(self._listed))
+        return self.store.catalogue_columns()
 
     def _page_of_listed(
         self, after: int, limit: int, listed: frozenset[int]
@@ -270,11 +277,7 @@ class Catalogue:
         free_only = self._listed_ids is not None
         said = time.monotonic()
         try:
-            unknown = []
-            listed = list(self._listed or ())
-            for start in range(0, len(listed), UNKNOWN_CHUNK):
-                unknown += self.store.catalogue_unknown(listed[start : start + UNKNOWN_CHUNK])
-                await trio.lowlevel.checkpoint()
+            unknown = self.store.catalogue_unknown(self._listed or ())
             for set_id in unknown:
                 if progress and time.monotonic() - said >= PROGRESS_EVERY:
                     said = time.monotonic()

@@ -10,6 +10,7 @@ files (`/osu/<id>`), and its archive is fetched only for a name that listing lac
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,10 @@ class Library:
     def catalogue_page(self, after: int, limit: int) -> list[tuple[int, CatalogueRecord]]:
         """Up to limit listed sets with ids above after, in id order (see Catalogue.page)."""
         return self.catalogue.page(after, limit)
+
+    def catalogue_columns(self) -> tuple[array[int], array[int], list[bytes]]:
+        """Every listed set's id, mtime (ns) and encoded folder name, in id order."""
+        return self.catalogue.columns()
 
     def catalogue_stamp(self) -> tuple[int, object]:
         """Equal for as long as catalogue_page answers the same (see Catalogue.stamp)."""

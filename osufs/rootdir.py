@@ -7,15 +7,12 @@ times and a list of encoded names (about 100 bytes a set), rebuilt when the cata
 
 from __future__ import annotations
 
-import os
 from array import array
 from dataclasses import dataclass, field
 
 import trio
 
 from osufs.library import Library
-
-BUILD_PAGE = 4096
 
 
 @dataclass(frozen=True)
@@ -53,12 +50,5 @@ class RootListing:
             return self._entries
 
     def _build(self) -> RootEntries:
-        built = RootEntries()
-        after = 0
-        while page := self._library.catalogue_page(after, BUILD_PAGE):
-            for set_id, record in page:
-                built.ids.append(set_id)
-                built.mtimes.append(record.mtime_ns)
-                built.names.append(os.fsencode(record.folder))
-            after = page[-1][0]
-        return RootEntries(built.ids, built.mtimes, built.names, max(built.mtimes, default=0))
+        ids, mtimes, names = self._library.catalogue_columns()
+        return RootEntries(ids, mtimes, names, max(mtimes, default=0))

@@ -132,6 +132,15 @@ class OnlineDb:
         rows = self._query(f"SELECT beatmapset_id, updated_ns FROM {SUMMARY} {where}")
         return [(int(set_id), int(updated)) for set_id, updated in rows]
 
+    def set_ids(self, statuses: tuple[int, ...] | None) -> list[int]:
+        """The ids sets() gives, in id order, read without their times (a mount's start lists
+        every set: 60,000 ids in a third of the time)."""
+        if not self._summarised:
+            return [set_id for set_id, _updated in self.sets(statuses)]
+        where = "" if statuses is None else f"WHERE statuses & {_mask(statuses)}"
+        rows = self._query(f"SELECT beatmapset_id FROM {SUMMARY} {where} ORDER BY beatmapset_id")
+        return [set_id for (set_id,) in rows]
+
     def beatmaps(self, set_id: int) -> list[Row]:
         """The set's difficulties, by beatmap id."""
         rows = self._query(
@@ -443,7 +452,7 @@ class OnlineDbSource(Source):
         self._reopen()
 
     def listed_sets(self) -> list[int]:
-        return [] if self.listing_none else [s for s, _time in self.db.sets(self.statuses)]
+        return [] if self.listing_none else self.db.set_ids(self.statuses)
 
     async def catalogue(self) -> list[CatalogueEntry]:
         """Nothing named here (the catalogue names `listed_sets`); a week-old copy is
