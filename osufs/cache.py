@@ -2,6 +2,8 @@
 
 Every command opens the store as a mount does, so it is safe to run beside live mounts: the
 index is LMDB (many processes, one writer at a time) and file changes hold content.lock.
+The commands that draw tables and progress bars import rich themselves: `osufs mount` imports
+this module, and rich would be a tenth of its start.
 """
 
 from __future__ import annotations
@@ -14,16 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
 from osufs import tls
 from osufs.space import SpaceBound
@@ -124,6 +116,9 @@ def cache() -> None:
 @_cache_dir_option
 def stats(cache_dir: Path | None) -> None:
     """Sets, members, bytes, dedup savings and hit rate."""
+    from rich.console import Console
+    from rich.table import Table
+
     with _open(cache_dir) as store:
         s = store.stats()
         bound = store.space(budget=s.budget)
@@ -188,6 +183,9 @@ def list_sets(cache_dir: Path | None, sort: str) -> None:
         rows.sort(key=lambda row: row.last_access_ns, reverse=True)
     elif sort == "size":
         rows.sort(key=lambda row: row.size, reverse=True)
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table("set", "folder", "members", "size", "own", "last used", "pinned")
     for row in rows:
         record = names[row.set_id]
@@ -245,6 +243,8 @@ def evict(ids: tuple[str, ...], cache_dir: Path | None) -> None:
 @_cache_dir_option
 def verify(cache_dir: Path | None) -> None:
     """Re-hash every content file; drop and report members whose content is damaged or gone."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
     with _open(cache_dir) as store:
         total = store.content_bytes()
         columns = (TextColumn("verifying"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
@@ -303,6 +303,15 @@ def _id_list(ids: list[int]) -> str:
 def import_files(paths: tuple[Path, ...], cache_dir: Path | None, onlinedb: str | None) -> None:
     """Take .osu files, the data.ppy.sh .osu tarball (.tar.bz2), .osz archives and osu!'s
     Songs folder into the cache; what is cached already is skipped."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     from osufs.importer import Importer, ImportError_, ImportTally
     from osufs.sources.onlinedb import OnlineDbError
 

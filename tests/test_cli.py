@@ -181,3 +181,18 @@ def test_every_option_has_help_text():
         result = osufs(*path, "--help")
         assert result.returncode == 0 and "Traceback" not in result.stderr
         assert "Usage:" in result.stdout
+
+
+def test_the_command_does_not_import_what_a_mount_never_uses():
+    # `osufs --help` imports what a mount does (osufs.cli imports osufs.mount). Neither rich
+    # (osufs's progress bars and tables) nor httpx's own command line (rich, pygments) is
+    # among it: together they were a fifth of a mount's start.
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "osufs", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "osufs.mount" in imported and "httpx" in imported
+    assert not {name for name in imported if name.split(".")[0] in {"rich", "pygments"}}
