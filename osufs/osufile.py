@@ -85,6 +85,10 @@ def _float(value: str | None, default: float) -> float:
     return number if number == number and abs(number) != float("inf") else default
 
 
+# The sections parse_osu reads ("" is what comes before the first header).
+_READ_SECTIONS = frozenset({"", "general", "metadata", "difficulty", "events"})
+
+
 def _sections(text: str) -> tuple[int, dict[str, dict[str, str]], list[str]]:
     """Split into (format version, key/values per section, raw [Events] lines)."""
     version = LATEST_VERSION
@@ -103,6 +107,8 @@ def _sections(text: str) -> tuple[int, dict[str, dict[str, str]], list[str]]:
             if match:
                 version = int(match.group(1))
                 continue
+        if section not in _READ_SECTIONS and not line.startswith("["):
+            continue  # timing points, colours, hit objects: most of a file, and never read
         stripped = line.lstrip()
         if not stripped or stripped.startswith("//"):
             continue
