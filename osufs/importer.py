@@ -249,9 +249,10 @@ class Importer:
                 if md5 not in known:
                     items.append(self._write_temp(md5, data))
             added = self.store.commit_osu(items)
-        finally:
+        except BaseException:
             for item in items:
                 item.temp_path.unlink(missing_ok=True)
+            raise
         self.tally.imported += added
         self.tally.already += len(self._pending) - added
         self._name_sets(list(self._pending.values()))

@@ -841,9 +841,11 @@ class Store:
                     for path in renamed:
                         path.unlink(missing_ok=True)
                     raise
-            finally:
+            except BaseException:
+                # Once placed, no temporary file is left (renamed, or dropped as stored).
                 for item in items:
                     item.temp_path.unlink(missing_ok=True)
+                raise
 
     def _index_osu(self, txn: lmdb.Transaction, items: list[PendingOsu]) -> int:
         total = _unpack_int(txn.get(b"content_bytes", db=self._meta))
