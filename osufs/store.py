@@ -338,6 +338,7 @@ class Store:
         self.root = root
         self.budget = budget
         self.content_dir = root / "content"
+        self._content_prefix = f"{self.content_dir}/"
         self._tmp_root = root / "tmp"
         for folder in (root, self.content_dir, self._tmp_root):
             folder.mkdir(parents=True, exist_ok=True)
@@ -650,8 +651,9 @@ class Store:
     # member contents
 
     def content_path(self, digest: bytes) -> Path:
+        # One Path from one string: three joins were a tenth of an import (one call a file).
         name = digest.hex()
-        return self.content_dir / name[:2] / name[2:4] / name
+        return Path(f"{self._content_prefix}{name[:2]}/{name[2:4]}/{name}")
 
     def blob_path(self, set_id: int, entry: int) -> Path | None:
         with self._read() as txn:
