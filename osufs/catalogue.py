@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -49,6 +50,11 @@ def read_catalogue_file(path: Path) -> list[int]:
     return list(ids)
 
 
+def _stamp_key(stamp: tuple[int, bytes]) -> bytes:
+    count, digest = stamp
+    return count.to_bytes(8, "big") + digest
+
+
 class Catalogue:
     """Which sets the root lists, and keeping that list in the index up to date."""
 
@@ -68,16 +74,34 @@ class Catalogue:
         # With a catalogue file, the root lists exactly its sets (those with a name); else, with
         # a source that lists sets by id (online.db), those.
         self.catalogue_file = catalogue_file
-        self._listed = sorted(read_catalogue_file(catalogue_file)) if catalogue_file else None
+        self._listed: list[int] | None = None
         self._listed_ids: frozenset[int] | None = None
+        self._listed_digest = b""
+        if catalogue_file is not None:
+            self._set_listed(read_catalogue_file(catalogue_file), by_source=False)
         self._reload_listed()
         self._syncing: set[str] = set()
         self._naming = False
 
-    def stamp(self) -> tuple[int, object]:
+    def stamp(self) -> tuple[int, bytes]:
         """Equal for as long as page() answers the same: sets only ever join the index (names
-        never move), and a catalogue file is reread into a new list."""
-        return self.store.catalogue_count(), self._listed
+        and times never move), and the list of sets shown is digested whenever it is reread."""
+        return self.store.catalogue_count(), self._listed_digest
+
+    def saved_newest(self, stamp: tuple[int, bytes]) -> int | None:
+        """The newest listed set's mtime (ns) saved for this stamp, or None."""
+        return self.store.newest_listed_get(_stamp_key(stamp))
+
+    def save_newest(self, stamp: tuple[int, bytes], mtime_ns: int) -> None:
+        self.store.newest_listed_put(_stamp_key(stamp), mtime_ns)
+
+    def _set_listed(self, ids: list[int], *, by_source: bool) -> None:
+        """Show exactly these sets: a catalogue file's, or those a source lists by id."""
+        self._listed = sorted(ids)
+        self._listed_ids = frozenset(ids) if by_source else None
+        self._listed_digest = hashlib.blake2b(
+            array("Q", self._listed).tobytes() + bytes([by_source]), digest_size=16
+        ).digest()
 
     def page(self, after: int, limit: int) -> list[tuple[int, CatalogueRecord]]:
         """Up to limit listed sets with ids above after, in id order: the index's catalogue,
@@ -123,8 +147,7 @@ class Catalogue:
         for source in self.sources:
             ids = source.listed_sets()
             if ids is not None:
-                self._listed = sorted(ids)
-                self._listed_ids = frozenset(ids)
+                self._set_listed(list(ids), by_source=True)
                 return
 
     async def resume(self) -> None:
@@ -173,7 +196,7 @@ class Catalogue:
         if self.catalogue_file is None:
             return
         try:
-            self._listed = sorted(read_catalogue_file(self.catalogue_file))
+            self._set_listed(read_catalogue_file(self.catalogue_file), by_source=False)
         except (OSError, ValueError) as error:
             log.warning("catalogue file unchanged: %s", error)
 

@@ -109,12 +109,20 @@ class Operations(pyfuse3.Operations):
             library.on_stream_refused(self._kernel.refused)
 
     async def housekeeping(self) -> None:
-        """Leases that end and listings that change (no-open mode only; runs until cancelled)."""
-        if not self.supports_no_open:
-            return
+        """The root's listing built at once, so that the first readdir finds it; in no-open
+        mode, leases that end and listings that change (runs until cancelled)."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.library.keep_leases)
-            nursery.start_soon(self._kernel.watch)
+            nursery.start_soon(self._build_root)
+            if self.supports_no_open:
+                nursery.start_soon(self.library.keep_leases)
+                nursery.start_soon(self._kernel.watch)
+
+    async def _build_root(self) -> None:
+        try:
+            await self._root.entries()
+        except Exception:
+            # The first readdir will try again, and answer for what it finds.
+            log.exception("building the root's listing failed")
 
     # attributes
 
@@ -156,7 +164,7 @@ class Operations(pyfuse3.Operations):
 
     async def _attributes_of(self, inode: int) -> pyfuse3.EntryAttributes:
         if inode == ROOT:
-            return self._root_attributes((await self._root.entries()).newest)
+            return self._root_attributes(await self._root.newest())
         set_id, index = split_inode(inode)
         record = self.library.record(set_id)
         if index == ALIAS:

@@ -106,9 +106,16 @@ class Library:
         """Every listed set's id, mtime (ns) and encoded folder name, in id order."""
         return self.catalogue.columns()
 
-    def catalogue_stamp(self) -> tuple[int, object]:
+    def catalogue_stamp(self) -> tuple[int, bytes]:
         """Equal for as long as catalogue_page answers the same (see Catalogue.stamp)."""
         return self.catalogue.stamp()
+
+    def saved_newest(self, stamp: tuple[int, bytes]) -> int | None:
+        """The newest listed set's mtime (ns) a mount saved for this stamp, or None."""
+        return self.catalogue.saved_newest(stamp)
+
+    def save_newest(self, stamp: tuple[int, bytes], mtime_ns: int) -> None:
+        self.catalogue.save_newest(stamp, mtime_ns)
 
     def catalogue_count(self) -> int:
         return self._store.catalogue_count()

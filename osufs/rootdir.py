@@ -31,12 +31,12 @@ class RootListing:
 
     def __init__(self, library: Library) -> None:
         self._library = library
-        self._stamp: object = None
+        self._stamp: tuple[int, bytes] | None = None
         self._entries = RootEntries()
         self._lock = trio.Lock()
 
     @property
-    def stamp(self) -> object:
+    def stamp(self) -> tuple[int, bytes] | None:
         """The catalogue's stamp the entries last returned were built from."""
         return self._stamp
 
@@ -45,10 +45,23 @@ class RootListing:
             stamp = self._library.catalogue_stamp()
             if stamp != self._stamp:
                 # Stamped before reading: a change while building is seen by the next call.
-                self._entries = await trio.to_thread.run_sync(self._build)
+                self._entries = await trio.to_thread.run_sync(self._build, stamp)
             self._stamp = stamp
             return self._entries
 
-    def _build(self) -> RootEntries:
+    async def newest(self) -> int:
+        """The root's own mtime: the newest listed set's. Saved in the index by the last build
+        for the same list, so a mount's first stat of the root builds nothing."""
+        stamp = self._library.catalogue_stamp()
+        if stamp == self._stamp:
+            return self._entries.newest
+        saved = self._library.saved_newest(stamp)
+        return saved if saved is not None else (await self.entries()).newest
+
+    def _build(self, stamp: tuple[int, bytes]) -> RootEntries:
+        """In a worker thread."""
         ids, mtimes, names = self._library.catalogue_columns()
-        return RootEntries(ids, mtimes, names, max(mtimes, default=0))
+        entries = RootEntries(ids, mtimes, names, max(mtimes, default=0))
+        if self._library.saved_newest(stamp) != entries.newest:
+            self._library.save_newest(stamp, entries.newest)
+        return entries

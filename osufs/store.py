@@ -578,6 +578,19 @@ class Store:
         with self._read() as txn:
             return txn.stat(self._catalogue)["entries"]
 
+    def newest_listed_get(self, stamp: bytes) -> int | None:
+        """The newest listed set's mtime (ns) saved for this stamp of the root's list, or None."""
+        with self._read() as txn:
+            saved = txn.get(b"newest_listed", db=self._meta)
+        if saved is None or saved[8:] != stamp:
+            return None
+        return struct.unpack(">q", saved[:8])[0]
+
+    def newest_listed_put(self, stamp: bytes, mtime_ns: int) -> None:
+        """Save the root's time, so that a later mount's first stat of the root builds nothing."""
+        value = struct.pack(">q", mtime_ns) + stamp
+        self._write(lambda txn: txn.put(b"newest_listed", value, db=self._meta))
+
     # negative cache
 
     def negative_until(self, set_id: int) -> float:
