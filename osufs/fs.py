@@ -238,7 +238,7 @@ class Operations(pyfuse3.Operations):
         set_id, index = split_inode(inode)
         listing = await self.library.read_dir(set_id)
         if listing.provisional and self.supports_no_open:
-            self._kernel.served_provisional(set_id, index)
+            self._kernel.served_provisional(set_id)
         itself = self._entry_attributes(set_id, listing, index)
         if index == 0:
             parent = self._root_attributes()

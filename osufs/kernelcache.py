@@ -33,14 +33,15 @@ log = logging.getLogger(__name__)
 
 
 class KernelListings:
-    """The listings the kernel holds: the root's catalogue stamp, and provisional set folders
-    (set id -> the folder inodes listed)."""
+    """The listings the kernel holds: the root's catalogue stamp, and the provisional sets whose
+    folder it listed (a provisional listing has one folder, the set's: its difficulties are all
+    at its top; a set of ids, as a cold grep lists tens of thousands)."""
 
     def __init__(self, library: Library, set_inode: Callable[[int, int], int]) -> None:
         self._library = library
         self._set_inode = set_inode
         self._root_stamp: object = None
-        self._provisional: dict[int, set[int]] = {}
+        self._provisional: set[int] = set()
         self._completed = library.listings_completed()
         self._refused, self._refused_inodes = trio.open_memory_channel[int](math.inf)
         self._pushing = trio.Lock()  # one check-and-invalidate of listings at a time
@@ -58,8 +59,8 @@ class KernelListings:
             await _invalidate(pyfuse3.ROOT_INODE)
         self._root_stamp = stamp
 
-    def served_provisional(self, set_id: int, directory: int) -> None:
-        self._provisional.setdefault(set_id, set()).add(directory)
+    def served_provisional(self, set_id: int) -> None:
+        self._provisional.add(set_id)
 
     def provisional(self, set_id: int) -> bool:
         return set_id in self._provisional
@@ -70,16 +71,14 @@ class KernelListings:
             await self._drop_completed(set_id)
 
     async def _drop_completed(self, set_id: int) -> None:
-        directories = self._provisional.get(set_id)
-        if directories is None:
+        if set_id not in self._provisional:
             return
         listing = self._library.stored_listing(set_id)
         if listing is None or listing.provisional:
             return
-        del self._provisional[set_id]
+        self._provisional.discard(set_id)
         log.debug("set %d: listing completed; the kernel's copy dropped", set_id)
-        for index in sorted(directories):
-            await _invalidate(self._set_inode(set_id, index))
+        await _invalidate(self._set_inode(set_id, 0))
 
     async def catalogue_changed(self) -> None:
         """Drop the root's cached listing if the catalogue moved since it was served; return
