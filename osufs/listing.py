@@ -48,8 +48,9 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-# 2 added pins and the provisional mark; a format 1 listing (neither) is still read.
-FORMAT_VERSION = 2
+# 2 added pins and the provisional mark; 3 keeps a pin's md5 as its 16 bytes, not 32 hex digits
+# (a sixth of a provisional listing). Formats 1 (neither) and 2 are still read.
+FORMAT_VERSION = 3
 _ZIP_EPOCH_NS = 315_532_800 * 1_000_000_000  # 1980-01-01, for a set with no files at all
 
 
@@ -145,7 +146,7 @@ class SetListing:
             for m in self.members
         ]  # fmt: skip
         entries = [(e.name, e.parent, e.is_dir, e.size, e.mtime_ns, e.member) for e in self.entries]
-        pins = [(p.beatmap_id, p.md5, p.crc32) for p in self.pins]
+        pins = [(p.beatmap_id, bytes.fromhex(p.md5), p.crc32) for p in self.pins]
         return msgpack.packb(
             [FORMAT_VERSION, members, entries, pins, self.provisional], use_bin_type=True
         )
@@ -159,13 +160,17 @@ class SetListing:
             if version == 1 and not rest:
                 pins, provisional = [], False
             elif version == FORMAT_VERSION:
-                pins, provisional = rest
+                packed, provisional = rest
+                pins = [Pin(beatmap_id, md5.hex(), crc32) for beatmap_id, md5, crc32 in packed]
+            elif version == 2:
+                packed, provisional = rest
+                pins = [Pin(*p) for p in packed]
             else:
                 raise ValueError(f"listing format {version}, expected {FORMAT_VERSION}")
             return cls(
                 [ZipMember(*m) for m in members],
                 [Entry(*e) for e in entries],
-                [Pin(*p) for p in pins],
+                pins,
                 bool(provisional),
             )
         except (TypeError, msgpack.UnpackException) as exc:

@@ -78,8 +78,9 @@ log = logging.getLogger(__name__)
 
 # 3: listings may be provisional and hold pinned entries (listing format 2), which an osufs
 # of schema 2 could not read. 4: .osu files indexed by md5 hold content refs no blob counts,
-# which the verify of schema 3 would drop.
-SCHEMA_VERSION = 4
+# which the verify of schema 3 would drop. 5: listings of format 3 (a pin's md5 as bytes), which
+# an osufs of schema 4 could not read.
+SCHEMA_VERSION = 5
 INITIAL_MAP_SIZE = 256 << 20
 # Decoded listings kept in memory, counted in entries (about 450 bytes each, measured over
 # 5,000 sets: 18 MB in all): a walk over 2,500 sets of the usual 15 files finds their trees
@@ -416,11 +417,11 @@ class Store:
             found = txn.get(b"schema", db=self._meta)
             if found is None:
                 txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._meta)
-            elif int(found) in (1, 2, 3):
+            elif int(found) in (1, 2, 3, 4):
                 if int(found) == 1:
                     self._upgrade_from_1(txn)
                 # 2 to 3 changes nothing stored: format 1 listings are read as they are; 3 to 4
-                # adds the empty osu table.
+                # adds the empty osu table; 4 to 5: format 2 listings are read as they are.
                 txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._meta)
             elif int(found) != SCHEMA_VERSION:
                 raise StoreError(

@@ -323,6 +323,14 @@ def test_a_provisional_listing_pins_difficulties_by_name() -> None:
     assert SetListing.from_bytes(listing.to_bytes()) == listing
 
 
+def test_a_provisional_listing_stored_by_an_older_osufs_reads_the_same() -> None:
+    listing = provisional_listing([pinned("a [Easy].osu", 10, 1, 1)], UPDATED)
+    entries = [(e.name, e.parent, e.is_dir, e.size, e.mtime_ns, e.member) for e in listing.entries]
+    format_2 = msgpack.packb([2, [], entries, [(1, f"{1:032x}", 1)], True], use_bin_type=True)
+    assert SetListing.from_bytes(format_2) == listing
+    assert len(listing.to_bytes()) == len(format_2) - 16  # the md5 as its bytes
+
+
 def test_the_archive_completes_a_provisional_listing_without_moving_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

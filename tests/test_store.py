@@ -477,6 +477,27 @@ def test_schema_2_listings_are_read_as_they_are(tmp_path: Path):
         store.close()
 
 
+def test_schema_4_provisional_listings_are_read_as_they_are(tmp_path: Path):
+    root = tmp_path / "cache"
+    (root / "index").mkdir(parents=True)
+    listing = provisional_listing([PinnedFile("a.osu", 3, Pin(1, "ab" * 16, 7))], 10)
+    entries = [(e.name, e.parent, e.is_dir, e.size, e.mtime_ns, e.member) for e in listing.entries]
+    env = lmdb.open(str(root / "index"), max_dbs=16, map_size=1 << 20)
+    meta, listings = (env.open_db(name) for name in (b"meta", b"listings"))
+    with env.begin(write=True) as txn:
+        txn.put(b"schema", b"4", db=meta)
+        stored = [2, [], entries, [(1, "ab" * 16, 7)], True]
+        txn.put(struct.pack(">Q", 9), msgpack.packb(stored, use_bin_type=True), db=listings)
+    env.close()
+    store = Store(root)
+    try:
+        assert store.listing_get(9) == listing
+        with store._read() as txn:
+            assert txn.get(b"schema", db=store._meta) == b"5"
+    finally:
+        store.close()
+
+
 def test_a_provisional_listing_is_completed_once(tmp_path: Path):
     pin = PinnedFile("a.osu", 3, Pin(1, "0" * 32, 7))
     first = provisional_listing([pin], 10)
