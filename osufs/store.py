@@ -62,7 +62,7 @@ import threading
 import time
 from array import array
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TypeVar, cast
@@ -626,16 +626,24 @@ class Store:
             data = txn.get(set_key(set_id), db=self._listings)
         return None if data is None else SetListing.from_bytes(data)
 
-    def listing_put(self, set_id: int, listing: SetListing) -> SetListing:
-        """Store a set's tree unless one is already stored; returns the one that stands."""
+    def listing_put(
+        self, set_id: int, listing: SetListing, links: Sequence[tuple[int, bytes]] = ()
+    ) -> SetListing:
+        """Store a set's tree unless one is already stored, and if it was ours, index `links`
+        as `link_blobs` does, in the same commit; returns the tree that stands. Blocking."""
         data = listing.to_bytes()
 
         def put(txn: lmdb.Transaction) -> bytes:
             if txn.put(set_key(set_id), data, db=self._listings, overwrite=False):
+                self._link(txn, set_id, links)
                 return data
             return bytes(txn.get(set_key(set_id), db=self._listings))
 
-        stored = self._write(put)
+        if links:
+            with self.content_locked():
+                stored = self._write(put)
+        else:
+            stored = self._write(put)
         return listing if stored == data else SetListing.from_bytes(stored)
 
     def listing_complete(self, set_id: int, listing: SetListing) -> SetListing:
@@ -885,19 +893,21 @@ class Store:
         if not links:
             return
         with self.content_locked():
+            self._write(lambda txn: self._link(txn, set_id, links))
 
-            def link(txn: lmdb.Transaction) -> None:
-                for entry, digest in links:
-                    key = blob_key(set_id, entry)
-                    known = txn.get(digest, db=self._content)
-                    if known is None or txn.get(key, db=self._blobs) is not None:
-                        continue
-                    size, refs = msgpack.unpackb(known)
-                    txn.put(key, digest, db=self._blobs)
-                    txn.put(digest, msgpack.packb([size, refs + 1]), db=self._content)
-                self._record_usage(txn, {set_id: time.time_ns()})
-
-            self._write(link)
+    def _link(self, txn: lmdb.Transaction, set_id: int, links: Sequence[tuple[int, bytes]]) -> None:
+        """link_blobs inside a write transaction."""
+        if not links:
+            return
+        for entry, digest in links:
+            key = blob_key(set_id, entry)
+            known = txn.get(digest, db=self._content)
+            if known is None or txn.get(key, db=self._blobs) is not None:
+                continue
+            size, refs = msgpack.unpackb(known)
+            txn.put(key, digest, db=self._blobs)
+            txn.put(digest, msgpack.packb([size, refs + 1]), db=self._content)
+        self._record_usage(txn, {set_id: time.time_ns()})
 
     def drop_missing(self, set_id: int, entry: int, path: Path) -> bool:
         """Forget a blob whose content file has vanished (damage, or another mount's eviction

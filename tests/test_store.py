@@ -516,6 +516,21 @@ def test_a_provisional_listing_is_completed_once(tmp_path: Path):
         store.close()
 
 
+def test_a_listing_stored_with_its_links_indexes_them_once(store: Store):
+    stored = b"[General]\n" * 50
+    commit(store, 1, {1: stored})  # bytes another set holds: what an import's .osu is to this one
+    digest = bytes.fromhex(store.blob_path(1, 1).name)
+    first = provisional_listing([PinnedFile("a.osu", len(stored), Pin(7, "0" * 32, 7))], 10)
+    assert store.listing_put(2, first, [(1, digest)]) is first
+    assert store.blob_path(2, 1) == store.blob_path(1, 1)
+    second = provisional_listing([PinnedFile("b.osu", len(stored), Pin(8, "1" * 32, 8))], 10)
+    assert store.listing_put(2, second, [(1, digest), (2, digest)]) == first  # another was first
+    assert store.cached_entries(2) == {1}
+    store.evict([1])
+    assert store.blob_path(2, 1).read_bytes() == stored  # its own reference holds the bytes
+    assert store.stats().members == 1 and store.verify().damaged == []
+
+
 @pytest.mark.parametrize(
     ("text", "size"),
     [("20G", 20 << 30), ("512M", 512 << 20), ("1.5GiB", 3 << 29), ("100000", 100000),

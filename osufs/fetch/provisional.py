@@ -146,15 +146,10 @@ class ProvisionalListings:
 
     def _write(self, set_id: int, listing: SetListing, contents: dict[int, bytes]) -> SetListing:
         """Write the .osu files, store the listing and index them, in one thread call (a cold
-        scan lists thousands of sets this way)."""
+        scan lists thousands of sets this way). The files stored by md5 already are indexed in
+        the listing's own commit: a set whose every .osu was imported costs one."""
         store = self._context.store
         standing = listing
-
-        def keep() -> bool:
-            nonlocal standing
-            standing = store.listing_put(set_id, listing)
-            return standing is listing
-
         items = []
         links = []
         for index, pin in enumerate(listing.pins, 1):
@@ -164,8 +159,13 @@ class ProvisionalListings:
                 continue
             data = contents[pin.beatmap_id]
             items.append((index, ingest.opener(data), ingest.loose_member(data)))
-        if ingest.write_members(store, set_id, items, self._context.limits, keep=keep):
-            store.link_blobs(set_id, links)
+
+        def keep() -> bool:
+            nonlocal standing
+            standing = store.listing_put(set_id, listing, links)
+            return standing is listing
+
+        ingest.write_members(store, set_id, items, self._context.limits, keep=keep)
         return standing
 
 
