@@ -130,6 +130,10 @@ class Importer:
                     assert set_id is not None
                     import_song_folder(self, set_id, path)
             self._flush()
+            if self.tally.imported:
+                freed = self.store.compact_osu_tables()
+                if freed:
+                    log.info("index: the .osu tables rewritten in order, %d pages fewer", freed)
         except ImportError_:
             self._flush()  # what was read whole and matched is kept
             raise

@@ -87,6 +87,12 @@ INITIAL_MAP_SIZE = 256 << 20
 # decoded, and neither a set of 60,000 members nor a grep over every set crowds memory.
 LISTING_CACHE_ENTRIES = 40_000
 HASH_CHUNK = 1 << 20
+# compact_osu_tables rewrites a table of at least this many leaf pages (256 KiB) whose pages are
+# less than this full. A node is its 8-byte header and 2-byte pointer beside its key and value.
+COMPACT_MIN_PAGES = 64
+FULL_ENOUGH = 0.85
+_NODE_BYTES = 10
+_PAGE_HEADER = 16
 SPOOL_IN_MEMORY = 64 << 10  # above an archive's first tail (16 KiB) and a longer second try
 _DIGEST_NAME = re.compile(r"[0-9a-f]{64}")
 # Making room for a write evicts at most this many rounds (each one commit) before it gives up.
@@ -887,6 +893,29 @@ class Store:
         txn.put(b"content_bytes", _pack_int(total), db=self._meta)
         return added
 
+    def compact_osu_tables(self) -> int:
+        """Rewrite the .osu and content tables in key order where an import's random md5s and
+        digests left their pages under FULL_ENOUGH full (about two-thirds, as random inserts
+        leave a B-tree): a grep over every set reads every page of both. Returns the pages
+        freed. Blocking."""
+
+        def compact(txn: lmdb.Transaction) -> int:
+            freed = 0
+            for db in (self._osu, self._content):
+                before = _leaf_pages(txn, db)
+                if before < COMPACT_MIN_PAGES:
+                    continue
+                rows = [(bytes(key), bytes(value)) for key, value in txn.cursor(db=db)]
+                used = sum(_NODE_BYTES + len(key) + len(value) for key, value in rows)
+                if used >= FULL_ENOUGH * before * (txn.stat(db)["psize"] - _PAGE_HEADER):
+                    continue
+                txn.drop(db, delete=False)
+                txn.cursor(db=db).putmulti(rows, append=True)  # in order: every page filled
+                freed += before - _leaf_pages(txn, db)
+            return freed
+
+        return self._write(compact)
+
     def link_blobs(self, set_id: int, links: list[tuple[int, bytes]]) -> None:
         """Index entries of a set as holding content already stored (a .osu known by md5),
         without copying a byte; an entry already indexed, or content gone, is left alone."""
@@ -1298,6 +1327,10 @@ class Store:
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only succeeds when empty
         return report
+
+
+def _leaf_pages(txn: lmdb.Transaction, db: lmdb._Database) -> int:
+    return txn.stat(db)["leaf_pages"]
 
 
 def _size_of(entries: list[tuple[bytes, int]], digest: bytes) -> int:

@@ -27,7 +27,7 @@ from osufs.listing import (
     complete_listing,
     provisional_listing,
 )
-from osufs.store import SCHEMA_VERSION, Store
+from osufs.store import SCHEMA_VERSION, HashingWriter, PendingOsu, Store
 
 KB = 1024
 
@@ -529,6 +529,29 @@ def test_a_listing_stored_with_its_links_indexes_them_once(store: Store):
     store.evict([1])
     assert store.blob_path(2, 1).read_bytes() == stored  # its own reference holds the bytes
     assert store.stats().members == 1 and store.verify().damaged == []
+
+
+def test_an_import_s_random_md5s_are_rewritten_into_full_pages(store: Store):
+    files = [f"[Metadata]\nBeatmapID:{n}\n".encode() for n in range(15_000)]
+    for start in range(0, len(files), 2_000):  # as an import commits them: md5s in no order
+        items = []
+        for data in files[start : start + 2_000]:
+            path, sink = store.new_temp(len(data))
+            with sink:
+                writer = HashingWriter(sink)
+                writer(data)
+            items.append(
+                PendingOsu(hashlib.md5(data).digest(), path, writer.hash.digest(), len(data))
+            )
+        store.commit_osu(items)
+    with store._read() as txn:
+        before = txn.stat(store._osu)["leaf_pages"] + txn.stat(store._content)["leaf_pages"]
+    freed = store.compact_osu_tables()
+    with store._read() as txn:
+        after = txn.stat(store._osu)["leaf_pages"] + txn.stat(store._content)["leaf_pages"]
+    assert freed == before - after and after < 0.8 * before
+    assert all(store.osu_bytes(hashlib.md5(data).hexdigest()) == data for data in files)
+    assert store.verify().damaged == [] and store.compact_osu_tables() == 0  # full already
 
 
 @pytest.mark.parametrize(
