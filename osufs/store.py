@@ -645,10 +645,7 @@ class Store:
                 return data
             return bytes(txn.get(set_key(set_id), db=self._listings))
 
-        if links:
-            with self.content_locked():
-                stored = self._write(put)
-        else:
+        with self.content_locked() if links else contextlib.nullcontext():
             stored = self._write(put)
         return listing if stored == data else SetListing.from_bytes(stored)
 
