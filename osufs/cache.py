@@ -8,6 +8,7 @@ this module, and rich would be a tenth of its start.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from osufs import tls
+from osufs.errors import OsufsError
 from osufs.space import SpaceBound
 from osufs.store import Store, StoreError
 
@@ -288,9 +290,7 @@ def _id_list(ids: list[int]) -> str:
 
 
 @cache.command(name="import")
-@click.argument(
-    "paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path)
-)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @_cache_dir_option
 @click.option(
     "--onlinedb",
@@ -325,6 +325,9 @@ def import_files(paths: tuple[Path, ...], cache_dir: Path | None, onlinedb: str 
     except OnlineDbError as error:
         store.close()
         raise click.ClickException(str(error)) from None
+    except OSError as error:  # no room in the cache for its copy, say
+        store.close()
+        raise click.ClickException(f"cannot keep online.db in {root}: {error}") from None
     columns = (
         TextColumn("importing"),
         BarColumn(),
@@ -335,6 +338,9 @@ def import_files(paths: tuple[Path, ...], cache_dir: Path | None, onlinedb: str 
     )
     interrupted: str | None = None
     importer = None
+    # A write the disk has no room for ends the import with the store's own words as its error
+    # line; the warning the store logs for a mount's log would say it twice.
+    logging.getLogger("osufs.store").setLevel(logging.ERROR)
     try:
         with Progress(*columns, transient=False) as progress:
             task = progress.add_task("import", total=None, files=0)
@@ -354,6 +360,8 @@ def import_files(paths: tuple[Path, ...], cache_dir: Path | None, onlinedb: str 
                 interrupted = "interrupted; what was imported is kept: run it again to go on"
             except ImportError_ as error:
                 interrupted = str(error)
+            except OsufsError as error:  # the cache's disk is full, or its index fails
+                interrupted = f"{error}; what was imported before is kept"
             tally = importer.tally
             progress.update(task, completed=tally.read, total=tally.total, files=tally.files)
     finally:

@@ -18,6 +18,7 @@ import pytest
 from osufs.fetch.handles import LEASE
 from osufs.samples import build_sample_library
 from osufs.store import Store
+from tests.bulk import synthetic_osu, write_tarball
 from tests.helpers import Server, mounted, osufs_command
 
 DISK = 16 << 20
@@ -164,3 +165,49 @@ def test_a_share_that_is_not_one(tmp_path: Path):
         )
         assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
         assert "is not a share of the disk like 10%" in result.stderr
+
+
+def test_an_import_past_the_disk_ends_in_one_line_and_keeps_what_it_took(
+    small_disk: Path, tmp_path: Path
+):
+    files = {}
+    for n in range(1, 4_001):  # two batches of 2,000 (8 MiB each, a page a file) and no more
+        data = synthetic_osu(n, n, 1)
+        files[f"dump/{n}.osu"] = data + b"/" * (4_000 - len(data))
+    write_tarball(tmp_path / "dump.tar.bz2", files, compresslevel=1)
+    cache = small_disk / "cache"
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")}  # no lazer folder of the user's
+    tarball = str(tmp_path / "dump.tar.bz2")
+    command = osufs_command("cache", "import", tarball, "--cache-dir", str(cache))
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: the cache keeps 1.6 MiB of its disk free (10%)")
+    assert done.stderr.strip().endswith("what was imported before is kept")
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    imported = int(done.stdout.strip().splitlines()[-1].split()[0])
+    store = Store(cache)
+    try:
+        assert imported == store.osu_count() == 2_000
+        assert store.verify().damaged == []
+    finally:
+        store.close()
+    assert [p for p in (cache / "tmp").rglob("*") if p.is_file() and p.name != ".lock"] == []
+
+
+def test_an_online_db_larger_than_the_disk_ends_in_one_line_and_leaves_no_copy(
+    small_disk: Path, tmp_path: Path
+):
+    big = tmp_path / "online.db"
+    big.write_bytes(b"\0" * DISK)  # it fails while copied, before any check of its contents
+    osu = tmp_path / "one.osu"
+    osu.write_bytes(synthetic_osu(1, 1, 1))
+    cache = small_disk / "cache"
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")}
+    command = osufs_command(
+        "cache", "import", str(osu), "--onlinedb", str(big), "--cache-dir", str(cache)
+    )
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"Error: cannot keep online.db in {cache}: [Errno 28]")
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert list((cache / "onlinedb").iterdir()) == []

@@ -312,7 +312,11 @@ class WorkingCopy:
         if self.exists() and all(seen.get(key) == value for key, value in origin.items()):
             return
         temp = self._temp()
-        shutil.copyfile(source, temp)
+        try:
+            shutil.copyfile(source, temp)
+        except BaseException:  # a full disk, say: no partial copy left to fill it
+            temp.unlink(missing_ok=True)
+            raise
         self.install(temp, origin)
         log.info("online.db: copied %s (%d bytes)", source, info.st_size)
 
